@@ -1,0 +1,48 @@
+# Every target bootstraps .venv from constraints.txt (the one place that holds versions) on first use.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV ?= .venv
+PRESET ?= smoke
+RESULTS_DIR ?= results
+MLFLOW_PORT ?= 5000
+PYTEST_ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv bench-pbt test test-fast bench mlflow-ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@echo "  variables: PRESET=$(PRESET) RESULTS_DIR=$(RESULTS_DIR) LR_LOWER LR_UPPER BS_CHOICES WD_CHOICES"
+
+$(STAMP): constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@# torch first and alone: a later `torch` requirement with no torch installed pulls a CUDA build of several GB
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(STAMP) ## create/refresh the virtual environment (.venv) from constraints.txt
+
+bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model)
+	$(PY) -m harness run --strategy pbt --preset $(PRESET) --results-dir $(RESULTS_DIR)
+
+test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smoke scale)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## run the unit tests only (no Ray run)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time + peak memory vs a 1-trial baseline
+	mkdir -p $(RESULTS_DIR)/benchmarks
+	$(PY) -m pytest benchmarks --benchmark-json=$(RESULTS_DIR)/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
+
+mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000)
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+clean: ## remove results and caches (keeps .venv)
+	rm -rf $(RESULTS_DIR) .pytest_cache .benchmarks

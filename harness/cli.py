@@ -1,0 +1,141 @@
+"""The command line: ``python -m harness <command>``. The only module that parses arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from harness.config import ConfigError, available_presets, known_keys, resolve
+
+EXIT_BAD_INPUT = 2
+
+#: CLI flags that override the search space (after the environment variables).
+SEARCH_FLAGS = {
+    "lr_lower": ("--lr-lower", "search.lr_lower"),
+    "lr_upper": ("--lr-upper", "search.lr_upper"),
+    "bs_choices": ("--bs-choices", "search.bs_choices"),
+    "wd_choices": ("--wd-choices", "search.wd_choices"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other bad input
+        self.exit(EXIT_BAD_INPUT, f"error: {message}; see `python -m harness {self.prog.split()[-1]} --help`\n")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default=os.environ.get("PRESET", "smoke"),
+                   help=f"preset name ({', '.join(available_presets())}) or a .toml path [env PRESET]")
+    p.add_argument("--strategy", default=None, help="registered strategy (default: the preset's)")
+    p.add_argument("--lr-lower", help="lowest learning rate (overrides LR_LOWER)")
+    p.add_argument("--lr-upper", help="highest learning rate (overrides LR_UPPER)")
+    p.add_argument("--bs-choices", help='batch sizes, e.g. "1 2" (overrides BS_CHOICES)')
+    p.add_argument("--wd-choices", help='weight decays, e.g. "0.0 0.01" (overrides WD_CHOICES)')
+    p.add_argument("--results-dir", help="where run folders and the MLflow store go")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set tune.num_samples=8 (repeatable)")
+
+
+def _config_from(args: argparse.Namespace) -> Any:
+    overrides: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set tune.num_samples=8")
+        if key.strip() not in known_keys():
+            raise ConfigError(f"--set {key!r} is not a config key; known keys: {', '.join(known_keys())}")
+        overrides[key.strip()] = value
+        origins[key.strip()] = f"--set {key.strip()}"
+    for attr, (flag, key) in SEARCH_FLAGS.items():
+        value = getattr(args, attr)
+        if value is not None:
+            overrides[key], origins[key] = value, flag
+    if args.strategy is not None:
+        overrides["strategy"], origins["strategy"] = args.strategy, "--strategy"
+    if args.results_dir is not None:
+        overrides["results_dir"], origins["results_dir"] = args.results_dir, "--results-dir"
+    return resolve(args.preset, overrides=overrides, override_origins=origins)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import runner
+
+    cfg = _config_from(args)
+    runner.preflight(cfg, args.ray_address)  # bad input exits 2 before any import of Ray/MLflow
+    outcome = runner.run(cfg, ray_address=args.ray_address)
+    print(outcome.tables_markdown)
+    print(f"run folder: {outcome.run_dir}")
+    print(f"MLflow: {outcome.record.mlflow_run_id} in {_tracking_uri(cfg)} (make mlflow-ui)")
+    if outcome.failed_trials:
+        print(f"error: {len(outcome.failed_trials)} trial(s) did not finish: {', '.join(outcome.failed_trials)}; "
+              f"see {outcome.run_dir / 'run_record.json'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tracking_uri(cfg: Any) -> str:
+    from harness.tracking import tracking_uri
+
+    return tracking_uri(cfg.results_dir)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    print(_config_from(args).to_json())
+    return 0
+
+
+def _cmd_strategies(args: argparse.Namespace) -> int:
+    from harness import strategies
+
+    print("\n".join(strategies.names()))
+    return 0
+
+
+def _cmd_tables(args: argparse.Namespace) -> int:
+    from harness.records import RunRecord
+    from harness.report import tables
+
+    try:
+        record = RunRecord.load(args.run_dir)
+    except FileNotFoundError:
+        raise ConfigError(f"{args.run_dir!r} holds no run_record.json; give a run folder under results/") from None
+    print("\n".join(t.markdown() for t in tables(record)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description="HPO benchmark harness (Ray Tune + HF Trainer + MLflow)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run one benchmark (a strategy on a preset)")
+    _config_args(run)
+    run.add_argument("--ray-address", default="local",
+                     help='"local" starts a private Ray (default); or the address of a running cluster')
+    run.set_defaults(fn=_cmd_run)
+    show = sub.add_parser("config", help="print the resolved configuration (and validate it)")
+    _config_args(show)
+    show.set_defaults(fn=_cmd_config)
+    sub.add_parser("strategies", help="list the registered strategies").set_defaults(fn=_cmd_strategies)
+    tab = sub.add_parser("tables", help="print a finished run's result tables")
+    tab.add_argument("run_dir")
+    tab.set_defaults(fn=_cmd_tables)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

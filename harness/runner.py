@@ -1,0 +1,125 @@
+"""One benchmark invocation: config -> prepared inputs -> strategy -> record -> tables + MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from harness import strategies
+from harness.config import ConfigError, ExperimentConfig
+from harness.records import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    record: RunRecord
+    run_dir: Path
+    tables_markdown: str
+
+    @property
+    def failed_trials(self) -> list[str]:
+        return [t.name for t in self.record.trials if t.status != "TERMINATED"]
+
+
+def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
+    """Refuse, before anything starts, what cannot run here; each message names the fix."""
+    strategies.check(cfg.strategy)
+    src = cfg.data.source
+    if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
+        raise ConfigError(f"data.source={src!r} is not a file; give a SQuAD JSON file, synthetic or hub:<dataset>")
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if cfg.train.fp16 and gpus == 0 and ray_address == "local":
+        raise ConfigError(
+            "train.fp16=true needs a CUDA GPU and this machine has none; "
+            "use --set train.fp16=false (or the smoke preset) on CPU"
+        )
+    if cfg.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "train.deepspeed=true needs the deepspeed package, which is not installed; "
+            "install it (DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed) or use --set train.deepspeed=false"
+        )
+    if ray_address == "local":
+        r = cfg.resources
+        need_cpu, need_gpu = r.workers_per_trial * r.cpus_per_worker, r.workers_per_trial * r.gpus_per_worker
+        have_cpu = os.cpu_count() or 1
+        if need_cpu > have_cpu or need_gpu > gpus:
+            raise ConfigError(
+                f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (workers_per_trial={r.workers_per_trial} x "
+                f"({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)) but this machine has {have_cpu} CPUs and "
+                f"{gpus} GPUs, so no trial could ever start; lower resources.* with --set or run on a bigger node"
+            )
+
+
+def _run_dir(cfg: ExperimentConfig) -> Path:
+    name = cfg.run_name or f"{cfg.strategy}-{Path(cfg.preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    base = Path(cfg.results_dir) / name
+    run_dir, n = base, 1
+    while run_dir.exists():  # never mix two runs' files
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def cache_dir(cfg: ExperimentConfig) -> Path:
+    return Path(os.environ.get("HARNESS_CACHE") or Path(cfg.results_dir) / ".cache").resolve()
+
+
+def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
+    from harness.data import prepare
+    from harness.model import load_tokenizer, resolve_model_path
+    from harness.provenance import provenance
+    from harness.report import write_tables
+    from harness.tracking import Tracker
+
+    preflight(cfg, ray_address)
+    cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
+    run_dir = _run_dir(cfg)
+    (run_dir / "config.json").write_text(cfg.to_json())
+    record = RunRecord(strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed, config=cfg.to_dict(),
+                       started_at=time.time())
+    log.info("run folder: %s", run_dir)
+
+    cache = cache_dir(cfg)
+    model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
+    data_path = prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
+                        max_length=cfg.model.max_length, cache_dir=cache)
+    strategy = strategies.get(cfg.strategy)
+
+    with Tracker(cfg, run_dir, tags=provenance()) as tracker:
+        record.mlflow_run_id = tracker.parent_id
+        ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
+                                         ray_address=ray_address, sinks=[record, tracker])
+        try:
+            strategy(ctx)
+        finally:
+            record.finished_at = time.time()
+            record.save(run_dir)
+        text, tables_dir = write_tables(record, run_dir)
+        policy_dir = run_dir / "pbt_policy"
+        for log_file in (run_dir / "ray").glob("pbt_*.txt"):
+            policy_dir.mkdir(exist_ok=True)
+            shutil.copy2(log_file, policy_dir / log_file.name)
+        best = record.best_trial()
+        tracker.log_summary(
+            {
+                "wall_s": record.wall_s,
+                "sum_trial_runtime_s": sum(t.runtime_s for t in record.trials),
+                "best_eval_loss": best.eval_loss if best else float("nan"),
+                "trials": len(record.trials),
+                "exploits": len(record.exploits()),
+            },
+            [run_dir / "config.json", run_dir / "run_record.json", tables_dir, policy_dir],
+        )
+    return Outcome(record=record, run_dir=run_dir, tables_markdown=text)
