@@ -183,8 +183,9 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
                 # what the optimizer really used: the test of the PBT resume trap reads this
                 "optimizer_lr": float(optimizer.param_groups[0]["lr"]),
                 "optimizer_weight_decay": float(optimizer.param_groups[0].get("weight_decay", 0.0)),
-                "effective_batch_size": int(seg.hparams["per_device_train_batch_size"]) * world_size,
-                "world_size": world_size,
+                # from the Trainer itself: proves the ranks really formed one process group
+                "world_size": int(args.world_size),
+                "effective_batch_size": int(seg.hparams["per_device_train_batch_size"]) * int(args.world_size),
                 "segment_start_iteration": seg.start_iteration,
                 "exploited_from": seg.exploited_from if self.done == 1 else "",
             }

@@ -1,0 +1,132 @@
+"""End to end at smoke scale: the real CLI, a local Ray, MLflow on sqlite, the tiny offline model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.records import RunRecord
+from harness.tracking import runs_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(results: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    full_env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "run", "--results-dir", str(results), *args],
+        capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=600,
+    )
+
+
+def _only_run_dir(results: Path) -> Path:
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and (p / "run_record.json").is_file()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke-results")
+    done = _run(results, "--strategy", "pbt", "--preset", "smoke")
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
+    run_dir = _only_run_dir(results)
+    return done, results, run_dir, RunRecord.load(run_dir)
+
+
+def test_the_three_tables_are_printed_and_written(smoke):
+    done, _, run_dir, record = smoke
+    for title in ("### Job timing", "### Trials", "### Best trial"):
+        assert title in done.stdout
+    assert "| job start |" in done.stdout and "| total job time |" in done.stdout
+    trial_rows = [line for line in done.stdout.splitlines() if line.startswith("| trainable_")]
+    assert len(trial_rows) == 4
+    for name in ("job.csv", "trials.csv", "best.csv", "results.md"):
+        assert (run_dir / "tables" / name).is_file()
+    best = record.best_trial()
+    assert f"| best eval loss | {best.eval_loss:.4f} |" in done.stdout
+
+
+def test_every_trial_reports_every_planned_iteration(smoke):
+    _, _, _, record = smoke
+    assert len(record.trials) == 4
+    for trial in record.trials:
+        assert trial.status == "TERMINATED"
+        assert [row["iteration"] for row in trial.history] == [1, 2, 3]
+
+
+def test_exploits_happen_and_the_optimizer_uses_the_new_lr(smoke):
+    _, _, run_dir, record = smoke
+    exploits = record.exploits()
+    assert exploits, "synchronous PBT with quantile 0.5 exploits every round"
+    for trial in record.trials:
+        for row in trial.history:
+            assert row["optimizer_lr"] == pytest.approx(row["lr"], rel=1e-9), (trial.trial_id, row)
+            assert row["optimizer_weight_decay"] == row["weight_decay"]
+    # the exploit the trial saw is the one Ray logged
+    ray_log = [json.loads(line) for line in (run_dir / "ray" / "pbt_global.txt").read_text().splitlines()]
+    assert len(ray_log) == len(exploits)
+    assert (run_dir / "pbt_policy" / "pbt_global.txt").is_file()
+    exploited = next(t for t in record.trials if t.exploits)
+    e = exploited.exploits[0]
+    donor = next(t for t in record.trials if t.trial_id == e["donor"])
+    # it resumed from the donor's checkpoint, at the donor's iteration
+    assert any(row["iteration"] == e["from_iteration"] for row in donor.history)
+
+
+def test_every_lr_stays_within_the_bounds(smoke):
+    _, _, _, record = smoke
+    lo, hi = record.config["search"]["lr_lower"], record.config["search"]["lr_upper"]
+    for trial in record.trials:
+        for row in trial.history:
+            assert lo <= row["lr"] <= hi
+            assert row["per_device_train_batch_size"] in record.config["search"]["bs_choices"]
+            assert row["weight_decay"] in record.config["search"]["wd_choices"]
+
+
+def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(smoke):
+    from mlflow.tracking import MlflowClient
+
+    _, results, run_dir, record = smoke
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    runs = runs_of("hpo-smoke", uri)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == record.mlflow_run_id]
+    assert len(parents) == 1 and parents[0].info.run_id == record.mlflow_run_id
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for tag in ("strategy", "preset", "seed", "git_sha", "git_dirty", "host", "device", "version.ray"):
+        assert tag in parent.data.tags
+    assert parent.data.metrics["exploits"] == len(record.exploits())
+    assert parent.data.params["search.lr_upper"] == str(record.config["search"]["lr_upper"])
+    assert len(children) == 4
+    client = MlflowClient(uri)
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert {"lr", "per_device_train_batch_size", "weight_decay"} <= set(child.data.params)
+        history = client.get_metric_history(child.info.run_id, "eval_loss")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        lrs = client.get_metric_history(child.info.run_id, "lr")
+        assert len(lrs) == 3
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"tables", "run_record.json", "config.json", "pbt_policy"} <= artifacts
+    assert not (ROOT / "mlruns").exists(), "MLflow must not write outside the results folder"
+
+
+def test_two_workers_per_trial_through_ray(tmp_path):
+    done = _run(tmp_path, "--preset", "smoke", "--set", "resources.workers_per_trial=2",
+                "--set", "tune.num_samples=2", "--set", "train.iterations=2")
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
+    record = RunRecord.load(_only_run_dir(tmp_path))
+    assert len(record.trials) == 2
+    for trial in record.trials:
+        assert trial.status == "TERMINATED" and trial.iterations == 2
+        assert all(row["world_size"] == 2 for row in trial.history)

@@ -1,0 +1,101 @@
+"""The trial without Ray: the same run_segment Tune drives, with a reporter that collects."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.data import prepare
+from harness.train import META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment
+
+
+@pytest.fixture(scope="module")
+def data_path(smoke_cfg, tiny_tokenizer, cache_dir) -> str:
+    return str(prepare(smoke_cfg.data, tiny_tokenizer, seed=smoke_cfg.seed,
+                       max_length=smoke_cfg.model.max_length, cache_dir=cache_dir))
+
+
+class Collector:
+    def __init__(self, keep: Path):
+        self.keep = keep
+        self.reports: list[dict] = []
+
+    def __call__(self, metrics: dict, ckpt_dir: str) -> None:
+        assert json.loads((Path(ckpt_dir) / META_FILE).read_text())["iteration"] == metrics["iteration"]
+        shutil.copytree(ckpt_dir, self.keep / f"iter{metrics['iteration']}")
+        self.reports.append(metrics)
+
+
+def _segment(smoke_cfg, tiny_model_path, data_path, tmp_path, **kw) -> Segment:
+    hparams = kw.pop("hparams", {"lr": 2e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return Segment(experiment=smoke_cfg.to_dict(), hparams=hparams, model_path=tiny_model_path,
+                   data_path=data_path, trial_id="t0", workdir=str(workdir), **kw)
+
+
+def test_eval_loss_falls_with_a_good_lr_and_barely_moves_with_a_bad_one(smoke_cfg, tiny_model_path, data_path, tmp_path):
+    losses = {}
+    for lr in (smoke_cfg.search.lr_upper, smoke_cfg.search.lr_lower):
+        got = Collector(tmp_path / f"keep{lr}")
+        seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path,
+                       hparams={"lr": lr, "per_device_train_batch_size": 2, "weight_decay": 0.0})
+        run_segment(seg, got)
+        assert [r["iteration"] for r in got.reports] == [1, 2, 3]
+        losses[lr] = [r["eval_loss"] for r in got.reports]
+    good, bad = losses[smoke_cfg.search.lr_upper], losses[smoke_cfg.search.lr_lower]
+    assert good[0] - good[-1] > 1.0, good  # falls visibly, iteration after iteration
+    assert abs(bad[0] - bad[-1]) < 0.1, bad  # barely moves
+    assert good[-1] < bad[-1] - 2.0
+
+
+def test_restore_trains_with_the_new_hyperparameters_for_exactly_the_remaining_iterations(
+    smoke_cfg, tiny_model_path, data_path, tmp_path
+):
+    """The PBT resume trap: the donor's lr/scheduler must not survive an exploit."""
+    donor = Collector(tmp_path / "donor")
+    seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path,
+                   hparams={"lr": 1.9e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
+    run_segment(dataclasses.replace(seg, experiment={**seg.experiment, "train": {**seg.experiment["train"], "iterations": 1}}),
+                donor)
+    ckpt = tmp_path / "donor" / "iter1"
+    assert (ckpt / MODEL_DIR / "config.json").is_file()
+
+    clone = Collector(tmp_path / "clone")
+    new = {"lr": 7.6e-6, "per_device_train_batch_size": 1, "weight_decay": 0.01}
+    run_segment(dataclasses.replace(seg, hparams=new, trial_id="t1", start_iteration=1, exploited_from="t0",
+                                    init_weights=str(ckpt / MODEL_DIR), epochs_before=1.0), clone)
+    assert [r["iteration"] for r in clone.reports] == [2, 3]  # exactly the remaining ones
+    for r in clone.reports:
+        assert r["optimizer_lr"] == pytest.approx(7.6e-6, rel=1e-9)
+        assert r["optimizer_weight_decay"] == 0.01 and r["per_device_train_batch_size"] == 1
+    assert [r["epoch"] for r in clone.reports] == [2.0, 3.0]  # batch-size change keeps epoch accounting
+    assert [r["exploited_from"] for r in clone.reports] == ["t0", ""]
+    # the clone started from the donor's weights, not from scratch
+    assert clone.reports[0]["eval_loss"] < donor.reports[0]["eval_loss"] + 0.05
+
+
+def test_two_gloo_ranks_train_one_trial(smoke_cfg, tiny_model_path, data_path, tmp_path):
+    got = Collector(tmp_path / "dist")
+    seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path)
+    seg = dataclasses.replace(seg, experiment={**seg.experiment, "train": {**seg.experiment["train"], "iterations": 2}})
+    run_distributed(seg, 2, got)
+    assert [r["iteration"] for r in got.reports] == [1, 2]
+    assert all(r["world_size"] == 2 and r["effective_batch_size"] == 4 for r in got.reports)
+    assert got.reports[-1]["eval_loss"] < got.reports[0]["eval_loss"]
+
+
+def test_a_failing_rank_fails_the_trial_with_its_exit_code(smoke_cfg, tiny_model_path, tmp_path):
+    seg = _segment(smoke_cfg, tiny_model_path, str(tmp_path / "missing.pt"), tmp_path)
+    with pytest.raises(TrialError, match=r"rank\d exited with code 1"):
+        run_distributed(seg, 2, Collector(tmp_path / "never"))
+
+
+def test_deepspeed_config_leaves_batch_and_lr_to_the_trainer():
+    ds = deepspeed_config(2, fp16=True)
+    assert ds["zero_optimization"]["stage"] == 2
+    assert ds["train_micro_batch_size_per_gpu"] == "auto" and "optimizer" not in ds
