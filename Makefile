@@ -10,10 +10,11 @@ PRESET ?= smoke
 RESULTS_DIR ?= results
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
-PY := $(VENV)/bin/python
+SIF ?= harness.sif
+PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt test test-fast bench mlflow-ui clean
+.PHONY: help venv bench-pbt test test-fast bench mlflow-ui lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +25,8 @@ $(STAMP): constraints.txt pyproject.toml
 	@# torch first and alone: a later `torch` requirement with no torch installed pulls a CUDA build of several GB
 	$(PY) -m pip install --quiet -c constraints.txt torch
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	@# DeepSpeed compiles against the torch above (no build isolation, no ops now) and pulls no other
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation -c constraints.txt deepspeed
 	touch $@
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) from constraints.txt
@@ -43,6 +46,16 @@ bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time + peak memory vs a 1-tr
 
 mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
+	$(PY) -m harness container lock
+
+container-lint: $(STAMP) ## lint container/harness.def (sections, digest-pinned base, pip from the lock)
+	$(PY) -m harness container lint container/harness.def
+
+container: ## build the Apptainer image SIF=harness.sif (needs apptainer)
+	@command -v apptainer >/dev/null || { echo "error: apptainer is not installed on this machine; build $(SIF) where it is (apptainer build $(SIF) container/harness.def)" >&2; exit 2; }
+	apptainer build --build-arg GIT_SHA=$$(git rev-parse HEAD 2>/dev/null || echo unknown) $(SIF) container/harness.def
 
 clean: ## remove results and caches (keeps .venv)
 	rm -rf $(RESULTS_DIR) .pytest_cache .benchmarks

@@ -108,6 +108,41 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_container_lint(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness import container
+
+    path = Path(args.definition)
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} does not exist; give an Apptainer definition such as container/harness.def")
+    findings = container.lint(path.read_text()) + container.spython_check(path)
+    for finding in findings:
+        print(f"{path}:{finding}")
+    if findings:
+        return 1
+    print(f"{path}: OK (sections, pinned base image, pip installs from {container.LOCK_IN_IMAGE}; spython agrees)")
+    return 0
+
+
+def _cmd_container_lock(args: argparse.Namespace) -> int:
+    from harness import container
+
+    wanted = container.lock_from_constraints(container.CONSTRAINTS.read_text())
+    if args.check:
+        drift = container.lock_drift(container.CONSTRAINTS.read_text(), container.LOCK.read_text())
+        for line in drift:
+            print(f"{container.LOCK.name}: {line}")
+        if drift:
+            print("run `make lock` to regenerate the container lock from constraints.txt")
+            return 1
+        print(f"{container.LOCK.name} agrees with constraints.txt")
+        return 0
+    container.LOCK.write_text(wanted)
+    print(f"wrote {container.LOCK}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description="HPO benchmark harness (Ray Tune + HF Trainer + MLflow)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -123,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     tab = sub.add_parser("tables", help="print a finished run's result tables")
     tab.add_argument("run_dir")
     tab.set_defaults(fn=_cmd_tables)
+    box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")
+    box_sub = box.add_subparsers(dest="container_command", required=True, parser_class=_Parser)
+    lint = box_sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")
+    lint.add_argument("definition", nargs="?", default="container/harness.def")
+    lint.set_defaults(fn=_cmd_container_lint)
+    lock = box_sub.add_parser("lock", help="write container/requirements.lock from constraints.txt")
+    lock.add_argument("--check", action="store_true", help="only report drift between the two (exit 1)")
+    lock.set_defaults(fn=_cmd_container_lock)
     return parser
 
 

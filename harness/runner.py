@@ -100,7 +100,7 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
     with Tracker(cfg, run_dir, tags=provenance()) as tracker:
         record.mlflow_run_id = tracker.parent_id
         ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
-                                         ray_address=ray_address, sinks=[record, tracker])
+                                         cache_dir=str(cache), ray_address=ray_address, sinks=[record, tracker])
         try:
             strategy(ctx)
         finally:

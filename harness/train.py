@@ -63,13 +63,24 @@ class Segment:
     init_weights: str = ""  # a checkpoint's model folder, empty for the base model
     exploited_from: str = ""  # the donor trial, when this segment starts from its checkpoint
     epochs_before: float = 0.0  # epochs trained into ``init_weights`` (batch sizes may differ)
+    cache_dir: str = ""  # where DeepSpeed may build ops (TORCH_EXTENSIONS_DIR)
 
 
-def deepspeed_config(stage: int, *, fp16: bool) -> dict[str, Any]:
+def deepspeed_config(stage: int) -> dict[str, Any]:
     """A ZeRO config with ``"auto"`` values that the HF Trainer fills (batch sizes, lr, clipping).
 
-    No optimizer section: the Trainer's own torch AdamW is used (DeepSpeed's JIT-compiles ops).
+    No optimizer section: the Trainer's own torch AdamW is used (DeepSpeed's own AdamW JIT-compiles
+    ops for a minute on first use). ``fp16``/``bf16`` stay ``"auto"``: the Trainer's flags decide.
     """
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "offload_optimizer": {"device": "none"},
+        "offload_param": {"device": "none"},
+    }
+    if stage == 3:  # save_model() must gather the sharded weights into one checkpoint
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
     return {
         "train_micro_batch_size_per_gpu": "auto",
         "train_batch_size": "auto",
@@ -78,13 +89,7 @@ def deepspeed_config(stage: int, *, fp16: bool) -> dict[str, Any]:
         "zero_allow_untested_optimizer": True,
         "fp16": {"enabled": "auto"},
         "bf16": {"enabled": "auto"},
-        "zero_optimization": {
-            "stage": stage,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "offload_optimizer": {"device": "none"},
-            "offload_param": {"device": "none"},
-        },
+        "zero_optimization": zero,
     }
 
 
@@ -116,7 +121,8 @@ def _training_arguments(cfg: ExperimentConfig, seg: Segment, remaining: int, dis
         seed=cfg.seed + seg.start_iteration,
         use_cpu=use_cpu,
         fp16=t.fp16,
-        deepspeed=deepspeed_config(t.deepspeed_stage, fp16=t.fp16) if t.deepspeed else None,
+        bf16=t.bf16,
+        deepspeed=deepspeed_config(t.deepspeed_stage) if t.deepspeed else None,
         ddp_backend=("gloo" if use_cpu else "nccl") if distributed else None,
         report_to="none",
         disable_tqdm=True,
@@ -186,6 +192,7 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
                 # from the Trainer itself: proves the ranks really formed one process group
                 "world_size": int(args.world_size),
                 "effective_batch_size": int(seg.hparams["per_device_train_batch_size"]) * int(args.world_size),
+                "deepspeed": bool(self.trainer.is_deepspeed_enabled),
                 "segment_start_iteration": seg.start_iteration,
                 "exploited_from": seg.exploited_from if self.done == 1 else "",
             }
@@ -236,6 +243,12 @@ def _rank_main(seg: Segment, rank: int, world_size: int, port: int, conn: Any) -
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
         WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
     )
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo)
+    if seg.cache_dir:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(seg.cache_dir) / "torch_extensions"))
     _set_threads(seg)
 
     def relay(metrics: dict[str, Any], ckpt_dir: str) -> None:
@@ -306,7 +319,21 @@ def _tune_report(metrics: dict[str, Any], ckpt_dir: str) -> None:
     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
 
 
-def trainable(config: dict[str, Any], *, experiment: dict[str, Any], model_path: str, data_path: str) -> None:
+def run_trial_segment(seg: Segment, report: Reporter) -> None:
+    """In this process for one plain worker; as torch.distributed ranks for W > 1 or DeepSpeed
+    (which needs the process-group environment even for a single rank)."""
+    cfg = ExperimentConfig.from_dict(seg.experiment)
+    world = cfg.resources.workers_per_trial
+    if world == 1 and not cfg.train.deepspeed:
+        _set_threads(seg)
+        run_segment(seg, report)
+    else:
+        run_distributed(seg, world, report)
+
+
+def trainable(
+    config: dict[str, Any], *, experiment: dict[str, Any], model_path: str, data_path: str, cache_dir: str = ""
+) -> None:
     """Ray Tune function trainable (bind the keyword arguments with ``tune.with_parameters``)."""
     from ray import tune
 
@@ -331,13 +358,8 @@ def trainable(config: dict[str, Any], *, experiment: dict[str, Any], model_path:
         seg = Segment(
             experiment=experiment, hparams=hparams, model_path=model_path, data_path=data_path,
             trial_id=trial_id, workdir=str(workdir), start_iteration=start,
-            init_weights=init_weights, exploited_from=donor, epochs_before=epochs_before,
+            init_weights=init_weights, exploited_from=donor, epochs_before=epochs_before, cache_dir=cache_dir,
         )
-        world = cfg.resources.workers_per_trial
-        if world == 1:
-            _set_threads(seg)
-            run_segment(seg, _tune_report)
-        else:
-            run_distributed(seg, world, _tune_report)
+        run_trial_segment(seg, _tune_report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from harness.data import prepare
-from harness.train import META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment
+from harness.train import (META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment,
+                           run_trial_segment)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,29 @@ def test_a_failing_rank_fails_the_trial_with_its_exit_code(smoke_cfg, tiny_model
         run_distributed(seg, 2, Collector(tmp_path / "never"))
 
 
-def test_deepspeed_config_leaves_batch_and_lr_to_the_trainer():
-    ds = deepspeed_config(2, fp16=True)
-    assert ds["zero_optimization"]["stage"] == 2
-    assert ds["train_micro_batch_size_per_gpu"] == "auto" and "optimizer" not in ds
+def test_deepspeed_config_leaves_batch_lr_and_precision_to_the_trainer():
+    ds = deepspeed_config(2)
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_allow_untested_optimizer"] is True
+    assert ds["train_micro_batch_size_per_gpu"] == "auto" and ds["gradient_accumulation_steps"] == "auto"
+    assert ds["fp16"] == {"enabled": "auto"} and ds["bf16"] == {"enabled": "auto"}
+    assert "optimizer" not in ds and ds["zero_optimization"]["offload_optimizer"] == {"device": "none"}
+    assert deepspeed_config(3)["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_trains_on_the_cpu_accelerator(stage, smoke_cfg, tiny_model_path, data_path, tmp_path):
+    """The seed preset's DeepSpeed path, at smoke scale on DeepSpeed's CPU accelerator over gloo."""
+    pytest.importorskip("deepspeed", reason="deepspeed is installed by `make venv`")
+    got = Collector(tmp_path / "ds")
+    seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path, cache_dir=str(tmp_path / "cache"))
+    exp = {**seg.experiment, "train": {**seg.experiment["train"], "iterations": 2, "deepspeed": True,
+                                       "deepspeed_stage": stage}}
+    run_trial_segment(dataclasses.replace(seg, experiment=exp), got)
+    assert [r["iteration"] for r in got.reports] == [1, 2]
+    assert all(r["deepspeed"] for r in got.reports)
+    assert got.reports[-1]["eval_loss"] < got.reports[0]["eval_loss"]
+    assert got.reports[0]["optimizer_lr"] == pytest.approx(2e-4)
+    # the checkpoint holds full weights that load without DeepSpeed (ZeRO-3 gathers them on save)
+    from harness.model import load_model
+
+    assert load_model(str(tmp_path / "ds" / "iter2" / MODEL_DIR)).num_parameters() > 0

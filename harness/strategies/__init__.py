@@ -27,6 +27,7 @@ class StrategyContext:
     run_dir: Path
     model_path: str
     data_path: str
+    cache_dir: str = ""
     ray_address: str = "local"
     sinks: list[Any] = field(default_factory=list)
     """Receivers of trial_started / trial_result / trial_ended (the RunRecord, the MLflow tracker)."""

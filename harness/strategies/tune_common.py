@@ -75,7 +75,8 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     init_ray(ctx.ray_address, cfg)
     seed_everything(cfg.seed)
     fn = tune.with_parameters(
-        trainable, experiment=cfg.to_dict(), model_path=ctx.model_path, data_path=ctx.data_path
+        trainable, experiment=cfg.to_dict(), model_path=ctx.model_path, data_path=ctx.data_path,
+        cache_dir=ctx.cache_dir,
     )
     tuner = tune.Tuner(
         tune.with_resources(fn, trial_resources(cfg)),
