@@ -10,11 +10,19 @@ PRESET ?= smoke
 RESULTS_DIR ?= results
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
+# SLURM submission (make submit-pbt): what each node job asks for, and how many worker jobs join
+SUBMIT_PRESET ?= seed
+STRATEGY ?= pbt
+NUM_WORKERS ?= 1
+CPUS_PER_NODE ?= 20
+GPUS_PER_NODE ?= 8
+SYSTEM_CPUS ?= 2
+SBATCH_ARGS ?=
 SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt test test-fast bench mlflow-ui lock container container-lint clean
+.PHONY: help venv bench-pbt test test-fast bench mlflow-ui submit-pbt test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -40,12 +48,26 @@ test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smo
 test-fast: $(STAMP) ## run the unit tests only (no Ray run)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
+test-slurm: $(STAMP) ## only the SLURM tests (bring up a one-node cluster; root + apt-get)
+	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
+
 bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time + peak memory vs a 1-trial baseline
 	mkdir -p $(RESULTS_DIR)/benchmarks
 	$(PY) -m pytest benchmarks --benchmark-json=$(RESULTS_DIR)/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
 
 mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+submit-pbt: $(STAMP) ## submit the SLURM head job (SUBMIT_PRESET=seed, NUM_WORKERS, CPUS_PER_NODE, GPUS_PER_NODE)
+	@# the same checks the head job makes, before anything is queued: bad input or no room exits 2
+	$(PY) -m harness config --preset $(SUBMIT_PRESET) --strategy $(STRATEGY) > /dev/null
+	$(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(STRATEGY) --nodes $$(( $(NUM_WORKERS) + 1 )) \
+	  --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS)
+	mkdir -p logs
+	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \
+	PRESET=$(SUBMIT_PRESET) STRATEGY=$(STRATEGY) NUM_WORKERS=$(NUM_WORKERS) SYSTEM_CPUS=$(SYSTEM_CPUS) \
+	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
+	sbatch --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
 
 lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
 	$(PY) -m harness container lock

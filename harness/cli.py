@@ -143,6 +143,34 @@ def _cmd_container_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from harness.capacity import Node, TrialShape, plan
+
+    cfg = _config_from(args)
+    r = cfg.resources
+    nodes = [Node(cpus=args.cpus_per_node, gpus=args.gpus_per_node, system_cpus=args.system_cpus)] * args.nodes
+    print(plan(nodes, TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker),
+               cfg.tune.num_samples).summary())
+    return 0
+
+
+def _cmd_ports(args: argparse.Namespace) -> int:
+    from harness.ports import choose
+
+    for name, port in choose(args.ip, args.worker_ports).items():
+        print(f"{name}={port}")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from harness.collect import collect
+
+    text, folder = collect(args.log)
+    print(text)
+    print(f"tables: {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description="HPO benchmark harness (Ray Tune + HF Trainer + MLflow)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -158,6 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     tab = sub.add_parser("tables", help="print a finished run's result tables")
     tab.add_argument("run_dir")
     tab.set_defaults(fn=_cmd_tables)
+    cap = sub.add_parser("capacity", help="how many trials fit at once on N nodes, and how many wait PENDING")
+    _config_args(cap)
+    cap.add_argument("--nodes", type=int, default=1, help="nodes in the Ray cluster")
+    cap.add_argument("--cpus-per-node", type=float, required=True, help="Cnode")
+    cap.add_argument("--gpus-per-node", type=float, default=0, help="Gnode")
+    cap.add_argument("--system-cpus", type=float, default=0, help="Csys: CPUs kept for the system and Ray itself")
+    cap.set_defaults(fn=_cmd_capacity)
+    ports = sub.add_parser("ports", help="free ports for a Ray node, as shell assignments")
+    ports.add_argument("--ip", default="127.0.0.1")
+    ports.add_argument("--worker-ports", type=int, default=64)
+    ports.set_defaults(fn=_cmd_ports)
+    col = sub.add_parser("collect", help="the seed's tables from a SLURM head job's log and its run record")
+    col.add_argument("log")
+    col.set_defaults(fn=_cmd_collect)
     box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")
     box_sub = box.add_subparsers(dest="container_command", required=True, parser_class=_Parser)
     lint = box_sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")

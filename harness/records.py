@@ -22,7 +22,7 @@ RECORD_FILE = "run_record.json"
 HISTORY_KEYS = (
     "iteration", "training_iteration", "eval_loss", "train_loss", "epoch", *HPARAMS,
     "optimizer_lr", "optimizer_weight_decay", "time_this_iter_s", "exploited_from",
-    "segment_start_iteration", "world_size",
+    "segment_start_iteration", "world_size", "node_ip",
 )
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from harness import strategies
+from harness.capacity import CapacityError, Node, TrialShape, plan
 from harness.config import ConfigError, ExperimentConfig
 from harness.records import RunRecord
 
@@ -51,14 +52,12 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
         )
     if ray_address == "local":
         r = cfg.resources
-        need_cpu, need_gpu = r.workers_per_trial * r.cpus_per_worker, r.workers_per_trial * r.gpus_per_worker
-        have_cpu = os.cpu_count() or 1
-        if need_cpu > have_cpu or need_gpu > gpus:
-            raise ConfigError(
-                f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs (workers_per_trial={r.workers_per_trial} x "
-                f"({r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU)) but this machine has {have_cpu} CPUs and "
-                f"{gpus} GPUs, so no trial could ever start; lower resources.* with --set or run on a bigger node"
-            )
+        shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
+        try:
+            log.info("capacity: %s", plan([Node(cpus=os.cpu_count() or 1, gpus=gpus)], shape,
+                                            cfg.tune.num_samples).summary())
+        except CapacityError as exc:
+            raise CapacityError(f"on this machine {exc}") from None
 
 
 def _run_dir(cfg: ExperimentConfig) -> Path:

@@ -31,8 +31,8 @@ def init_ray(address: str, cfg: ExperimentConfig) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    if address == "local":
-        kwargs["num_gpus"] = None  # detected
+    if os.environ.get("RAY_NODE_IP"):  # the head job's address (127.0.0.1 would not match the raylet)
+        kwargs["_node_ip_address"] = os.environ["RAY_NODE_IP"]
     ray.init(**kwargs)
 
 
