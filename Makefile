@@ -22,7 +22,7 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt test test-fast bench mlflow-ui submit-pbt test-slurm lock container container-lint clean
+.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-all compare test test-fast bench mlflow-ui submit-pbt test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,20 @@ venv: $(STAMP) ## create/refresh the virtual environment (.venv) from constraint
 
 bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model)
 	$(PY) -m harness run --strategy pbt --preset $(PRESET) --results-dir $(RESULTS_DIR)
+
+bench-manual: $(STAMP) ## run the sequential manual grid (3 lrs x BS_CHOICES x WD_CHOICES), no Ray
+	$(PY) -m harness run --strategy manual --preset $(PRESET) --results-dir $(RESULTS_DIR)
+
+bench-fifo: $(STAMP) ## run the same grid concurrently with Ray Tune, no early stopping (FIFO)
+	$(PY) -m harness run --strategy fifo --preset $(PRESET) --results-dir $(RESULTS_DIR)
+
+bench-asha: $(STAMP) ## run ASHA on the search space (early stopping)
+	$(PY) -m harness run --strategy asha --preset $(PRESET) --results-dir $(RESULTS_DIR)
+
+bench-all: bench-manual bench-fifo bench-asha bench-pbt ## the four strategies, one after another
+
+compare: $(STAMP) ## compare the latest run of each strategy in RESULTS_DIR (or RUNS="dir dir ...")
+	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smoke scale)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -171,6 +171,58 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _latest_runs(results_dir: str) -> list[str]:
+    """The newest run folder of each strategy under ``results_dir`` (by the record's start time)."""
+    from pathlib import Path
+
+    from harness.records import RunRecord
+
+    latest: dict[str, tuple[float, str]] = {}
+    for record_file in Path(results_dir).glob("*/run_record.json"):
+        record = RunRecord.load(record_file)
+        if record.strategy not in latest or record.started_at > latest[record.strategy][0]:
+            latest[record.strategy] = (record.started_at, str(record_file.parent))
+    if not latest:
+        raise ConfigError(f"--latest {results_dir!r}: no run folders with a run_record.json; run make bench-... first")
+    return [path for _, path in sorted(latest.values())]
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.analysis import compare
+    from harness.records import RunRecord
+    from harness.report import write_comparison
+    from harness.tracking import log_comparison
+
+    run_dirs = list(args.runs) + (_latest_runs(args.latest) if args.latest else [])
+    if not run_dirs:
+        raise ConfigError("compare needs run folders (results/<run>) or --latest <results dir>")
+    records: dict[str, RunRecord] = {}
+    dirs: dict[str, str] = {}
+    for run_dir in run_dirs:
+        try:
+            record = RunRecord.load(run_dir)
+        except FileNotFoundError:
+            raise ConfigError(f"{run_dir!r} holds no run_record.json; give run folders under results/") from None
+        if record.strategy in records:
+            raise ConfigError(f"two runs of strategy {record.strategy!r} ({dirs[record.strategy]}, {run_dir}); "
+                              "compare one run per strategy")
+        records[record.strategy], dirs[record.strategy] = record, str(Path(run_dir).resolve())
+    order = [s for s in ("manual", "fifo", "asha", "pbt") if s in records] + sorted(set(records) - {"manual", "fifo", "asha", "pbt"})
+    records = {name: records[name] for name in order}
+    summaries = compare(records, dirs)
+    out = Path(args.out or Path(run_dirs[0]).resolve().parent / "comparison")
+    text, files = write_comparison(records, summaries, out)
+    presets = {Path(r.preset).stem for r in records.values()}
+    results_dir = Path(args.latest) if args.latest else Path(run_dirs[0]).resolve().parent
+    run_id = log_comparison(summaries, files, results_dir=results_dir, experiment=f"hpo-{'+'.join(sorted(presets))}",
+                            tags={"presets": ",".join(sorted(presets))})
+    print(text)
+    print(f"comparison: {out} (MLflow run {run_id})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description="HPO benchmark harness (Ray Tune + HF Trainer + MLflow)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -200,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     col = sub.add_parser("collect", help="the seed's tables from a SLURM head job's log and its run record")
     col.add_argument("log")
     col.set_defaults(fn=_cmd_collect)
+    cmp_ = sub.add_parser("compare", help="compare strategies from their run records (report, CSV, plots, MLflow)")
+    cmp_.add_argument("runs", nargs="*", help="run folders (one per strategy)")
+    cmp_.add_argument("--latest", metavar="RESULTS_DIR", help="use the newest run of each strategy in this folder")
+    cmp_.add_argument("--out", help="folder for comparison.md/.csv and the plots")
+    cmp_.set_defaults(fn=_cmd_compare)
     box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")
     box_sub = box.add_subparsers(dest="container_command", required=True, parser_class=_Parser)
     lint = box_sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")

@@ -125,7 +125,15 @@ class TuneSettings:
     """Ray Tune settings shared by the Ray strategies."""
 
     num_samples: int = 4
-    """Trials (PBT: the population size)."""
+    """Trials (PBT: the population size; ASHA: sampled configurations)."""
+    grid_lrs: int = 3
+    """manual / fifo: learning rates log-spaced over [lr_lower, lr_upper] in the grid (x bs x wd)."""
+    asha_grace_period: int = 1
+    """ASHA: iterations every trial gets before it can be stopped."""
+    asha_reduction_factor: int = 2
+    """ASHA: keep the top 1/reduction_factor at each rung."""
+    asha_num_samples: int = 0
+    """ASHA: configurations sampled; 0 means ``num_samples``."""
     max_concurrent: int = 0
     """Upper bound on trials running at once; 0 leaves it to the resources."""
     synch: bool = False
@@ -293,13 +301,13 @@ def validate(cfg: ExperimentConfig, origins: Mapping[str, str] | None = None) ->
         "seed", "model.max_length", "model.tiny_vocab_size", "model.tiny_hidden_size",
         "model.tiny_layers", "model.tiny_heads", "data.train_samples", "data.eval_samples",
         "train.iterations", "train.eval_batch_size", "resources.workers_per_trial",
-        "tune.num_samples", "tune.num_to_keep",
+        "tune.num_samples", "tune.num_to_keep", "tune.grid_lrs", "tune.asha_grace_period",
     ]
     flat = cfg.flat()
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(flat[key] >= minimum, f"{o[key]}={flat[key]!r} must be >= {minimum}")
-    for key in ["train.steps_per_iteration", "train.warmup_steps", "tune.max_concurrent",
+    for key in ["train.steps_per_iteration", "train.warmup_steps", "tune.max_concurrent", "tune.asha_num_samples",
                 "resources.gpus_per_worker"]:
         _check(flat[key] >= 0, f"{o[key]}={flat[key]!r} must be >= 0")
     _check(
@@ -331,6 +339,10 @@ def validate(cfg: ExperimentConfig, origins: Mapping[str, str] | None = None) ->
     _check(
         0 <= cfg.tune.resample_probability <= 1,
         f"{o['tune.resample_probability']}={cfg.tune.resample_probability!r} must be in [0, 1]",
+    )
+    _check(
+        cfg.tune.asha_reduction_factor >= 2,
+        f"{o['tune.asha_reduction_factor']}={cfg.tune.asha_reduction_factor!r} must be >= 2",
     )
     _check(bool(cfg.strategy), f"{o['strategy']} is empty; name a strategy such as pbt")
     return cfg

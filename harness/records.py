@@ -84,6 +84,8 @@ class RunRecord:
     finished_at: float = 0.0
     trials: list[TrialRecord] = field(default_factory=list)
     mlflow_run_id: str = ""
+    slots: int = 0
+    """Trials that could run at once (1 for the sequential manual grid)."""
 
     @property
     def wall_s(self) -> float:

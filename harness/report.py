@@ -116,3 +116,177 @@ def write_tables(record: RunRecord, run_dir: str | Path) -> tuple[str, Path]:
     text = f"## {record.strategy} / {record.preset} (seed {record.seed})\n\n" + "\n".join(parts)
     (out / "results.md").write_text(text)
     return text, out
+
+
+# --------------------------------------------------------------------------- comparison
+
+COMPARISON_COLUMNS = [
+    ("strategy", "strategy"), ("trials", "trials"), ("wall_s", "wall (s)"), ("sum_runtime_s", "Σ trial runtime (s)"),
+    ("speedup", "Σ/wall"), ("mean_concurrency", "mean at once"), ("peak_concurrency", "peak at once"),
+    ("slots", "slots"), ("utilization", "slot utilization"), ("completed_all_iterations", "trials with all iterations"),
+    ("early_stopped", "stopped early"), ("early_stop_saved_s", "saved by early stop (s)"), ("exploits", "exploits"),
+    ("inherited_s", "inherited by exploits (s)"), ("distinct_configs", "distinct configs"),
+    ("best_eval_loss", "best eval_loss"), ("slot_s_to_manual_best", "trial-s to manual best"),
+]
+
+
+def comparison_table(summaries: list[Any]) -> Table:
+    rows = []
+    for s in summaries:
+        row = s.as_row()
+        cells = []
+        for key, _ in COMPARISON_COLUMNS:
+            value = row[key]
+            if key == "slot_s_to_manual_best" and value is None:
+                value = "never" if "manual_best_eval_loss" in s.extra else ""
+            elif key == "utilization":
+                value = f"{value:.0%}"
+            elif isinstance(value, float) and key != "best_eval_loss":
+                value = round(value, 2)
+            cells.append(value)
+        rows.append(cells)
+    return Table("comparison", "Strategies side by side", [title for _, title in COMPARISON_COLUMNS], rows)
+
+
+def quiz_markdown(summaries: list[Any]) -> str:
+    from harness.analysis import q1_decomposition, quiz_q1, quiz_q2
+
+    by_name = {s.strategy: s for s in summaries}
+    lines = ["## Quiz answers, from the measurements", ""]
+    lines += ["### Q1: why is the job so much shorter than the sum of the trials' runtimes?", ""]
+    for s in summaries:
+        verdicts, conclusion = quiz_q1(s)
+        d = q1_decomposition(s)
+        lines.append(f"**{s.strategy}**: manual-equivalent {d['manual_equivalent_s']:.1f} s = wall {d['wall_s']:.1f} s "
+                     f"+ concurrency {d['saved_by_concurrency_s']:.1f} s + early stopping "
+                     f"{d['saved_by_early_stopping_s']:.1f} s + exploitation {d['saved_by_exploitation_s']:.1f} s "
+                     f"- overhead {d['overhead_s']:.1f} s. The numbers support: {conclusion}.")
+        lines.append("")
+        lines += [f"- {v.option} ({v.holds}): {v.text} {v.evidence}." for v in verdicts]
+        lines.append("")
+    pbt = by_name.get("pbt")
+    lines += ["### Q2: what does PBT offer over manual tuning?", ""]
+    if pbt is None:
+        lines.append("No PBT run among the compared records: nothing to answer.")
+    else:
+        others = [s for s in summaries if s.strategy != "pbt"]
+        for v in quiz_q2(pbt, by_name.get("manual"), others):
+            lines.append(f"- {v.option} ({v.holds}): {v.text} {v.evidence}.")
+        lines += ["", "The exercise's key calls Q1 'C' and credits PBT with early stopping; where the rows above "
+                  "say 'partly' or 'no', the measurements disagree with that key, and this report follows them."]
+    return "\n".join(lines) + "\n"
+
+
+_STATUS_COLOURS = {"TERMINATED": "tab:green", "ERROR": "tab:red", "RUNNING": "tab:orange", "PENDING": "tab:gray"}
+
+
+def plot_gantt(records: dict[str, RunRecord], path: Path) -> Path:
+    """One bar per busy interval of each trial, coloured by the trial's final status; exploits marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.analysis import early_stop_savings, planned_iterations, trial_intervals
+
+    fig, axes = plt.subplots(len(records), 1, figsize=(11, 1.2 + 0.35 * sum(len(r.trials) for r in records.values())),
+                             squeeze=False)
+    for ax, (name, rec) in zip(axes[:, 0], records.items()):
+        trials = sorted(rec.trials, key=lambda t: t.started_at or 0)
+        planned = planned_iterations(rec)
+        for y, t in enumerate(trials):
+            colour = _STATUS_COLOURS.get(t.status, "tab:gray")
+            if t.status == "TERMINATED" and t.iterations < planned:
+                colour = "tab:olive"  # stopped early by the scheduler
+            spans = [(s - rec.started_at, e - s) for s, e in trial_intervals(t, rec.started_at, rec.finished_at)]
+            ax.broken_barh(spans, (y - 0.35, 0.7), color=colour)
+            for row in t.history:
+                if row.get("exploited_from"):
+                    start = row["received_at"] - (row.get("time_this_iter_s") or 0) - rec.started_at
+                    ax.plot(start, y, marker="v", color="black", markersize=6)
+        ax.set_yticks(range(len(trials)), [t.trial_id[-5:] for t in trials], fontsize=7)
+        stopped, saved = early_stop_savings(rec)
+        ax.set_title(f"{name}: wall {rec.wall_s:.0f} s, {len(trials)} trials"
+                     + (f", {stopped} stopped early" if stopped else "")
+                     + (f", {len(rec.exploits())} exploits (▼)" if rec.exploits() else ""), fontsize=9, loc="left")
+        ax.set_xlim(0, max(rec.wall_s, 1))
+    axes[-1, 0].set_xlabel("seconds since job start (green: all iterations, olive: stopped early, red: error)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_losses(records: dict[str, RunRecord], path: Path) -> Path:
+    """eval_loss over iterations, one line per trial, one panel per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.4), squeeze=False, sharey=True)
+    for ax, (name, rec) in zip(axes[0], records.items()):
+        for t in rec.trials:
+            xs = [row["iteration"] for row in t.history if row.get("eval_loss") is not None]
+            ys = [row["eval_loss"] for row in t.history if row.get("eval_loss") is not None]
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("iteration")
+    axes[0, 0].set_ylabel("eval_loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_lineage(record: RunRecord, path: Path) -> Path:
+    """PBT lineage: a row per trial over iterations; an arrow from donor to receiver at each exploit,
+    labelled with the receiver's new lr / batch size / weight decay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = sorted(record.trials, key=lambda t: t.trial_id)
+    rows = {t.trial_id: y for y, t in enumerate(trials)}
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.7 * len(trials)))
+    for t in trials:
+        its = [row["iteration"] for row in t.history]
+        ax.plot(its, [rows[t.trial_id]] * len(its), marker="o", color="tab:blue", linewidth=1)
+        for row in t.history:
+            ax.annotate(f"{row['eval_loss']:.2f}", (row["iteration"], rows[t.trial_id]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=6)
+    for e in record.exploits():
+        if e["donor"] not in rows:
+            continue
+        x = e["from_iteration"]
+        ax.annotate("", xy=(x + 0.5, rows[e["trial"]]), xytext=(x, rows[e["donor"]]),
+                    arrowprops=dict(arrowstyle="->", color="tab:red"))
+        c = e["config"]
+        ax.annotate(f"lr {c['lr']:.2e}, bs {c['per_device_train_batch_size']}, wd {c['weight_decay']:g}",
+                    (x + 0.5, rows[e["trial"]]), textcoords="offset points", xytext=(4, -10), fontsize=6,
+                    color="tab:red")
+    ax.set_yticks(range(len(trials)), [t.trial_id for t in trials], fontsize=7)
+    ax.set_xticks(range(0, int(record.config.get("train", {}).get("iterations", 1)) + 1))
+    ax.set_xlabel("iteration (red arrow: the receiver restarts from the donor's checkpoint with mutated values)")
+    ax.set_title(f"PBT lineage: {len(record.exploits())} exploits", fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(records: dict[str, RunRecord], summaries: list[Any], out: Path) -> tuple[str, list[Path]]:
+    """comparison.md, comparison.csv and the PNG plots in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(summaries)
+    files = [out / "comparison.csv", out / "comparison.md"]
+    files[0].write_text(table.csv())
+    plots = [plot_gantt(records, out / "gantt.png"), plot_losses(records, out / "eval_loss.png")]
+    if "pbt" in records:
+        plots.append(plot_lineage(records["pbt"], out / "pbt_lineage.png"))
+    sources = "\n".join(f"- {s.strategy}: `{s.run_dir}`" for s in summaries)
+    text = (f"# Strategy comparison\n\nRun records compared:\n{sources}\n\n{table.markdown()}\n"
+            f"{quiz_markdown(summaries)}\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    files[1].write_text(text)
+    return text, files + plots

@@ -101,7 +101,7 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
         ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
                                          cache_dir=str(cache), ray_address=ray_address, sinks=[record, tracker])
         try:
-            strategy(ctx)
+            record.slots = strategy(ctx).slots
         finally:
             record.finished_at = time.time()
             record.save(run_dir)

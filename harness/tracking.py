@@ -152,3 +152,44 @@ def runs_of(experiment: str, uri: str) -> list[Any]:
         return []
     return client.search_runs([exp.experiment_id], max_results=10000)
 
+
+
+def log_comparison(summaries: list[Any], files: list[Path], *, results_dir: str | Path, experiment: str,
+                   tags: dict[str, str]) -> str:
+    """A comparison run (artifacts: report, CSV, plots) with one child summary run per strategy,
+    so the MLflow UI can put the strategies side by side; returns the comparison run's id."""
+    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = (Path(results_dir).resolve() / "mlartifacts").as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = exp.experiment_id
+    parent = client.create_run(experiment_id, run_name=f"comparison-{time.strftime('%Y%m%d-%H%M%S')}",
+                               tags={"kind": "comparison", "strategies": ",".join(s.strategy for s in summaries), **tags})
+    pid = parent.info.run_id
+    try:
+        for s in summaries:
+            child = client.create_run(experiment_id, run_name=f"summary: {s.strategy}",
+                                      tags={"mlflow.parentRunId": pid, "kind": "strategy-summary",
+                                            "strategy": s.strategy, "run_dir": s.run_dir})
+            metrics = {
+                "wall_s": s.wall_s, "sum_trial_runtime_s": s.sum_runtime_s, "speedup": s.speedup,
+                "best_eval_loss": s.best_eval_loss, "mean_concurrency": s.mean_concurrency,
+                "peak_concurrency": s.peak_concurrency, "utilization": s.utilization,
+                "early_stop_saved_s": s.early_stop_saved_s, "exploits": s.exploits, "inherited_s": s.inherited_s,
+                "distinct_configs": s.distinct_configs, "trials": s.trials,
+            }
+            if s.slot_s_to_manual_best is not None:
+                metrics["trial_s_to_manual_best"] = s.slot_s_to_manual_best
+            ts = _now_ms()
+            client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
+                                                         if v is not None and not math.isnan(float(v))])
+            client.set_terminated(child.info.run_id)
+        for path in files:
+            client.log_artifact(pid, str(path))
+    except BaseException:
+        client.set_terminated(pid, status="FAILED")
+        raise
+    client.set_terminated(pid)
+    return pid

@@ -27,14 +27,26 @@ die() { log "ERROR: $*" >&2; exit "${2:-1}"; }
 job_banner() { echo "===== JOB ${SLURM_JOB_ID:-?} $1 : $(date '+%Y-%m-%d %H:%M:%S %z') ====="; }
 
 # Run a command from the image (apptainer exec --nv) or from the virtual environment.
-hx() {
+hx_prefix() {
   if [[ -n "${HARNESS_SIF:-}" ]]; then
-    apptainer exec --nv \
-      --bind "$HARNESS_DIR" --bind "$HARNESS_JOBS_DIR" ${HARNESS_BINDS:+--bind "$HARNESS_BINDS"} \
-      "$HARNESS_SIF" "$@"
+    HX_PREFIX=(apptainer exec --nv --bind "$HARNESS_DIR" --bind "$HARNESS_JOBS_DIR")
+    [[ -z "${HARNESS_BINDS:-}" ]] || HX_PREFIX+=(--bind "$HARNESS_BINDS")
+    HX_PREFIX+=("$HARNESS_SIF")
   else
-    PATH="$HARNESS_VENV/bin:$PATH" "$@"
+    HX_PREFIX=(env "PATH=$HARNESS_VENV/bin:$PATH")
   fi
+}
+
+hx() {
+  hx_prefix
+  "${HX_PREFIX[@]}" "$@"
+}
+
+# The same, replacing the calling (sub)shell: `hx_exec ray start ... &` leaves $! pointing at the
+# real process, not at a subshell that would sit between our SIGTERM and Ray's own handling.
+hx_exec() {
+  hx_prefix
+  exec "${HX_PREFIX[@]}" "$@"
 }
 
 # This node's address on the cluster network (never 0.0.0.0); NODE_IP overrides it.

@@ -67,3 +67,33 @@ def squad_sample() -> Path:
     if not SQUAD_SAMPLE.is_file():
         pytest.skip(f"shared SQuAD sample not found at {SQUAD_SAMPLE} (CI places ../shared beside the checkout)")
     return SQUAD_SAMPLE
+
+
+def run_harness(results: Path, *args: str, command: str = "run", timeout: int = 900):
+    """The real CLI in a subprocess, offline, with a private local Ray and sqlite MLflow."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    extra = ["--results-dir", str(results)] if command == "run" else []
+    return subprocess.run([sys.executable, "-m", "harness", command, *extra, *args], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def only_run_dir(results: Path) -> Path:
+    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and (p / "run_record.json").is_file()]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_pbt(tmp_path_factory):
+    """`make bench-pbt`'s run (smoke preset), shared by the end-to-end and comparison tests."""
+    from harness.records import RunRecord
+
+    results = tmp_path_factory.mktemp("smoke-pbt")
+    done = run_harness(results, "--strategy", "pbt", "--preset", "smoke")
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
+    run_dir = only_run_dir(results)
+    return done, results, run_dir, RunRecord.load(run_dir)

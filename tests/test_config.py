@@ -99,7 +99,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (["run", "--bs-choices", "0"], {}, "--bs-choices='0' has a batch size below 1"),
         (["run", "--preset", "bogus"], {}, "preset='bogus' is unknown"),
         (["run", "--set", "train.bogus=1"], {}, "--set 'train.bogus' is not a config key"),
-        (["run", "--strategy", "hyperband"], {}, "strategy='hyperband' is unknown; choose one of pbt"),
+        (["run", "--strategy", "hyperband"], {}, "strategy='hyperband' is unknown; choose one of asha, fifo, manual, pbt"),
         (["run", "--preset", "seed"], {}, "train.fp16=true needs a CUDA GPU"),
         (["run", "--set", "resources.cpus_per_worker=64"], {}, "no trial fits on any node"),
         (["run", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import only_run_dir, run_harness
 from harness.records import RunRecord
 from harness.tracking import runs_of
 
@@ -18,28 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(results: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
-    full_env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "run", "--results-dir", str(results), *args],
-        capture_output=True, text=True, env=full_env, cwd=ROOT, timeout=600,
-    )
-
-
-def _only_run_dir(results: Path) -> Path:
-    (run_dir,) = [p for p in results.iterdir() if p.is_dir() and (p / "run_record.json").is_file()]
-    return run_dir
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    results = tmp_path_factory.mktemp("smoke-results")
-    done = _run(results, "--strategy", "pbt", "--preset", "smoke")
-    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
-    run_dir = _only_run_dir(results)
-    return done, results, run_dir, RunRecord.load(run_dir)
+def smoke(smoke_pbt):
+    return smoke_pbt
 
 
 def test_the_three_tables_are_printed_and_written(smoke):
@@ -122,10 +101,10 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(
 
 
 def test_two_workers_per_trial_through_ray(tmp_path):
-    done = _run(tmp_path, "--preset", "smoke", "--set", "resources.workers_per_trial=2",
-                "--set", "tune.num_samples=2", "--set", "train.iterations=2")
+    done = run_harness(tmp_path, "--preset", "smoke", "--set", "resources.workers_per_trial=2",
+                       "--set", "tune.num_samples=2", "--set", "train.iterations=2")
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
-    record = RunRecord.load(_only_run_dir(tmp_path))
+    record = RunRecord.load(only_run_dir(tmp_path))
     assert len(record.trials) == 2
     for trial in record.trials:
         assert trial.status == "TERMINATED" and trial.iterations == 2

@@ -54,10 +54,24 @@ def test_pbt_scheduler_follows_the_seed_design():
     assert sched._perturbation_interval == 1 and sched._synch is True and sched._quantile_fraction == 0.5
     assert set(sched._hyperparam_mutations) == {"lr", "per_device_train_batch_size", "weight_decay"}
     assert sched._hyperparam_mutations["per_device_train_batch_size"] == [1, 2]
+    resampled = [sched._hyperparam_mutations["lr"]() for _ in range(200)]
+    assert all(cfg.search.lr_lower <= lr <= cfg.search.lr_upper for lr in resampled)
+
+
+def test_pbt_decisions_come_from_a_generator_of_their_own():
+    from ray.tune.schedulers import pbt as ray_pbt
+
+    cfg = resolve("smoke", env={})
+    ctx = StrategyContext(cfg=cfg, run_dir=None, model_path="", data_path="")  # type: ignore[arg-type]
+    scheduler(ctx)
+    first = [ray_pbt.random.random() for _ in range(5)]
+    random.random()  # the process-wide generator moving must not matter
+    scheduler(ctx)
+    assert [ray_pbt.random.random() for _ in range(5)] == first
 
 
 def test_registry_knows_pbt_and_refuses_the_rest():
     assert "pbt" in strategies.names()
     assert callable(strategies.get("pbt"))
-    with pytest.raises(ConfigError, match="strategy='nope' is unknown; choose one of pbt"):
+    with pytest.raises(ConfigError, match="strategy='nope' is unknown; choose one of asha, fifo, manual, pbt"):
         strategies.get("nope")

@@ -179,3 +179,23 @@ def test_bad_override_fails_before_ray_starts(cluster, tmp_path):
     assert "START" in text and "FINISH" in text
     assert "starting Ray head" not in text and not (tmp_path / "jobs" / job_id).exists()
     assert not list((tmp_path / "logs").glob("ray_worker_*")), "no worker may be submitted"
+
+
+def test_manual_grid_job_runs_the_sequential_grid_in_one_job(cluster, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {**os.environ, **cluster.env, "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp_path / "jobs"),
+           "RESULTS_DIR": str(tmp_path / "results"), "PRESET": "smoke", "HARNESS_ARGS": "--set tune.grid_lrs=1",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out",
+                           str(ROOT / "slurm" / "manual_grid_hpo.slurm")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    job_id = done.stdout.strip().split(";")[0]
+    log = logs / f"manual_grid_bloom_5epochs-{job_id}.out"
+    assert done.returncode == 0, log.read_text()[-4000:]
+    collected = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "harness", "collect", str(log)],
+                               capture_output=True, text=True, timeout=120)
+    assert collected.returncode == 0, collected.stderr
+    assert len([line for line in collected.stdout.splitlines() if line.startswith("| manual_")]) == 4
+    assert re.search(rf"^\| job start \| .* \|$", collected.stdout, re.M) and "| total job time |" in collected.stdout

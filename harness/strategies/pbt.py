@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
+import random
 from typing import Any
 
 from harness.config import SearchSpace
-from harness.strategies import StrategyContext, register
+from harness.strategies import StrategyContext, StrategyResult, register
 from harness.strategies.tune_common import run_tuner, search_space
 
 
@@ -24,19 +26,38 @@ def clip_to_space(config: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+def private_rng(seed: int) -> random.Random:
+    """Give Ray's PBT a random generator of its own.
+
+    PBT draws its exploit and explore decisions from the process-wide ``random`` module, which
+    Ray's driver threads also draw from, a timing-dependent number of times: two synchronous runs
+    with the same seed and identical losses chose different donors (measured). Ray's PBT module
+    looks ``random`` up as a module global, so pointing that name at a seeded ``random.Random``
+    makes the decisions depend on the seed and the losses alone.
+    """
+    from ray.tune.schedulers import pbt as ray_pbt
+
+    rng = random.Random(f"pbt/{seed}")
+    ray_pbt.random = rng  # type: ignore[attr-defined]
+    return rng
+
+
 def scheduler(ctx: StrategyContext) -> Any:
-    from ray import tune
     from ray.tune.schedulers import PopulationBasedTraining
 
     cfg = ctx.cfg
     space = cfg.search
+    rng = private_rng(cfg.seed)
+    log_lo, log_hi = math.log(space.lr_lower), math.log(space.lr_upper)
     return PopulationBasedTraining(
         time_attr="training_iteration",
         metric="eval_loss",
         mode="min",
         perturbation_interval=1,
         hyperparam_mutations={
-            "lr": tune.loguniform(space.lr_lower, space.lr_upper),
+            # log-uniform resampling from the private generator (a tune.loguniform Domain would
+            # resample from numpy's process-wide state)
+            "lr": lambda: math.exp(rng.uniform(log_lo, log_hi)),
             "per_device_train_batch_size": list(space.bs_choices),
             "weight_decay": list(space.wd_choices),
         },
@@ -49,5 +70,5 @@ def scheduler(ctx: StrategyContext) -> Any:
 
 
 @register("pbt")
-def run(ctx: StrategyContext) -> Any:
+def run(ctx: StrategyContext) -> StrategyResult:
     return run_tuner(ctx, scheduler=scheduler(ctx), param_space=search_space(ctx.cfg.search))

@@ -11,7 +11,7 @@ from typing import Any
 from ray.tune import Callback
 
 from harness.config import ExperimentConfig, SearchSpace
-from harness.strategies import StrategyContext
+from harness.strategies import StrategyContext, StrategyResult
 from harness.train import trainable
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,26 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, Any]) -> Any:
-    """Run the shared trial under ``scheduler``; returns Ray's ResultGrid."""
+def cluster_slots(cfg: ExperimentConfig) -> int:
+    """Trials Ray can run at once on the nodes it has now (the seed's capacity check per node)."""
+    import ray
+
+    from harness.capacity import Node, TrialShape, trials_per_node
+
+    r = cfg.resources
+    shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
+    slots = sum(
+        trials_per_node(Node(cpus=n["Resources"].get("CPU", 0), gpus=n["Resources"].get("GPU", 0)), shape)
+        for n in ray.nodes() if n.get("Alive")
+    )
+    if cfg.tune.max_concurrent:
+        slots = min(slots, cfg.tune.max_concurrent)
+    return max(1, slots)
+
+
+def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, Any],
+              num_samples: int | None = None) -> StrategyResult:
+    """Run the shared trial under ``scheduler`` (None: FIFO) and report to the context's sinks."""
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
@@ -84,7 +102,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
             search_alg=BasicVariantGenerator(random_state=cfg.seed),
-            num_samples=cfg.tune.num_samples,
+            num_samples=cfg.tune.num_samples if num_samples is None else num_samples,
             max_concurrent_trials=cfg.tune.max_concurrent or None,
             reuse_actors=cfg.tune.reuse_actors,
         ),
@@ -100,7 +118,9 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             verbose=1,
         ),
     )
-    return tuner.fit()
+    slots = cluster_slots(cfg)
+    tuner.fit()
+    return StrategyResult(slots=slots)
 
 
 class SinkCallback(Callback):
