@@ -22,7 +22,7 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-all compare test test-fast bench mlflow-ui submit-pbt test-slurm lock container container-lint clean
+.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-all compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,12 @@ submit-pbt: $(STAMP) ## submit the SLURM head job (SUBMIT_PRESET=seed, NUM_WORKE
 	PRESET=$(SUBMIT_PRESET) STRATEGY=$(STRATEGY) NUM_WORKERS=$(NUM_WORKERS) SYSTEM_CPUS=$(SYSTEM_CPUS) \
 	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
 	sbatch --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
+
+submit-manual: $(STAMP) ## submit the sequential manual grid as one SLURM job (SUBMIT_PRESET, CPUS_PER_NODE, GPUS_PER_NODE)
+	$(PY) -m harness config --preset $(SUBMIT_PRESET) --strategy manual > /dev/null
+	mkdir -p logs
+	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \
+	PRESET=$(SUBMIT_PRESET) sbatch --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/manual_grid_hpo.slurm
 
 lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
 	$(PY) -m harness container lock

@@ -29,3 +29,25 @@ def test_scripts_follow_the_house_rules():
             assert "sleep 10" not in text
     common = (ROOT / "slurm" / "common.sh").read_text()
     assert "ray stop" not in common.replace("Never `ray stop`", "")
+
+
+def test_make_submit_refuses_before_sbatch_when_no_trial_fits(tmp_path):
+    import stat
+    import sys
+
+    calls = tmp_path / "sbatch-calls"
+    fake = tmp_path / "sbatch"
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 123\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    base = ["make", "-s", f"PY={sys.executable}", "STAMP=", "submit-pbt", "NUM_WORKERS=0"]
+    done = subprocess.run([*base, "CPUS_PER_NODE=20", "GPUS_PER_NODE=1", "SYSTEM_CPUS=2"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode != 0 and "no trial fits on any node" in done.stderr
+    assert not calls.exists(), "nothing may be submitted"
+    done = subprocess.run([*base, "CPUS_PER_NODE=20", "GPUS_PER_NODE=8", "SYSTEM_CPUS=2"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "4 trial(s) will wait PENDING" in done.stdout
+    args = calls.read_text().split()
+    assert args[:2] == ["--cpus-per-task=20", "--gres=gpu:8"] and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"

@@ -17,7 +17,7 @@ from harness.train import trainable
 log = logging.getLogger(__name__)
 
 
-def init_ray(address: str, cfg: ExperimentConfig) -> None:
+def init_ray(address: str) -> None:
     """Start (``address="local"``) or join Ray.
 
     ``local`` always starts a private instance: a bare ``ray.init()`` would join whatever
@@ -90,7 +90,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     from ray.tune.search import BasicVariantGenerator
 
     cfg = ctx.cfg
-    init_ray(ctx.ray_address, cfg)
+    init_ray(ctx.ray_address)
     seed_everything(cfg.seed)
     fn = tune.with_parameters(
         trainable, experiment=cfg.to_dict(), model_path=ctx.model_path, data_path=ctx.data_path,
