@@ -66,8 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness import runner
 
     cfg = _config_from(args)
-    runner.preflight(cfg, args.ray_address)  # bad input exits 2 before any import of Ray/MLflow
-    outcome = runner.run(cfg, ray_address=args.ray_address)
+    outcome = runner.run(cfg, ray_address=args.ray_address)  # its pre-flight refuses bad input first
     print(outcome.tables_markdown)
     print(f"run folder: {outcome.run_dir}")
     print(f"MLflow: {outcome.record.mlflow_run_id} in {_tracking_uri(cfg)} (make mlflow-ui)")

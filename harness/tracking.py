@@ -47,6 +47,16 @@ def experiment_name(cfg: ExperimentConfig) -> str:
     return f"hpo-{Path(cfg.preset).stem}"
 
 
+def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> str:
+    """The experiment's id, creating it on first use with an explicit artifact location (the
+    default is ./mlruns relative to the working directory) unless a tracking server decides."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (Path(results_dir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 class Tracker:
     """Sink for trial events that writes MLflow runs; use as a context manager around a run."""
 
@@ -56,14 +66,7 @@ class Tracker:
         results_dir = Path(cfg.results_dir)
         self.uri = tracking_uri(results_dir)
         self.client = MlflowClient(tracking_uri=self.uri)
-        name = experiment_name(cfg)
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            # explicit artifact location: the default is ./mlruns relative to the working directory
-            location = (results_dir.resolve() / "mlartifacts").as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
-            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-        else:
-            self.experiment_id = experiment.experiment_id
+        self.experiment_id = _experiment_id(self.client, experiment_name(cfg), results_dir)
         self.tags = tags
         self.parent_id = ""
         self.children: dict[str, str] = {}
@@ -159,12 +162,7 @@ def log_comparison(summaries: list[Any], files: list[Path], *, results_dir: str 
     """A comparison run (artifacts: report, CSV, plots) with one child summary run per strategy,
     so the MLflow UI can put the strategies side by side; returns the comparison run's id."""
     client = MlflowClient(tracking_uri=tracking_uri(results_dir))
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        location = (Path(results_dir).resolve() / "mlartifacts").as_uri() if not os.environ.get("MLFLOW_TRACKING_URI") else None
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = exp.experiment_id
+    experiment_id = _experiment_id(client, experiment, results_dir)
     parent = client.create_run(experiment_id, run_name=f"comparison-{time.strftime('%Y%m%d-%H%M%S')}",
                                tags={"kind": "comparison", "strategies": ",".join(s.strategy for s in summaries), **tags})
     pid = parent.info.run_id
