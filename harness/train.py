@@ -249,7 +249,7 @@ def _rank_main(seg: Segment, rank: int, world_size: int, port: int, conn: Any) -
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed's CPU accelerator (gloo)
     if seg.cache_dir:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(seg.cache_dir) / "torch_extensions"))
-    _set_threads(seg)
+    _set_threads(ExperimentConfig.from_dict(seg.experiment))
 
     def relay(metrics: dict[str, Any], ckpt_dir: str) -> None:
         conn.send(("report", metrics, ckpt_dir))
@@ -306,10 +306,9 @@ def run_distributed(seg: Segment, world_size: int, report: Reporter, poll_s: flo
 
 # --------------------------------------------------------------------------- Tune entry point
 
-def _set_threads(seg: Segment) -> None:
+def _set_threads(cfg: ExperimentConfig) -> None:
     import torch
 
-    cfg = ExperimentConfig.from_dict(seg.experiment)
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
 
 
@@ -325,7 +324,7 @@ def run_trial_segment(seg: Segment, report: Reporter) -> None:
     cfg = ExperimentConfig.from_dict(seg.experiment)
     world = cfg.resources.workers_per_trial
     if world == 1 and not cfg.train.deepspeed:
-        _set_threads(seg)
+        _set_threads(cfg)
         run_segment(seg, report)
     else:
         run_distributed(seg, world, report)
@@ -337,7 +336,6 @@ def trainable(
     """Ray Tune function trainable (bind the keyword arguments with ``tune.with_parameters``)."""
     from ray import tune
 
-    cfg = ExperimentConfig.from_dict(experiment)
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     workdir = Path(tempfile.mkdtemp(prefix=f"harness-{trial_id}-"))

@@ -7,7 +7,6 @@ command and runs it on the host (the image's /opt/venv/bin stands in as the proj
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat

@@ -14,9 +14,6 @@ from harness.config import ExperimentConfig, SearchSpace
 from harness.strategies import StrategyContext, StrategyResult
 from harness.train import trainable
 
-log = logging.getLogger(__name__)
-
-
 def init_ray(address: str) -> None:
     """Start (``address="local"``) or join Ray.
 
