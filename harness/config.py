@@ -41,7 +41,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What the strategies search over (and PBT mutates)."""
+    """What the strategies search over (and PBT mutates). It owns every form the space takes: the
+    Ray sampling space, the manual grid, PBT's mutations and the clipping of explored values."""
 
     lr_lower: float = 5e-6
     """Lowest learning rate, inclusive (log-uniform sampling). ``LR_LOWER``."""
@@ -51,6 +52,74 @@ class SearchSpace:
     """Per-device train batch sizes. ``BS_CHOICES="1 2"``."""
     wd_choices: tuple[float, ...] = (0.0, 0.01)
     """Weight decays. ``WD_CHOICES="0.0 0.01"``."""
+
+    def grid_lrs(self, n_lrs: int) -> list[float]:
+        """``n_lrs`` learning rates log-spaced over [lr_lower, lr_upper], both ends exactly included."""
+        if n_lrs == 1:
+            return [math.sqrt(self.lr_lower * self.lr_upper)]
+        step = (math.log(self.lr_upper) - math.log(self.lr_lower)) / (n_lrs - 1)
+        lrs = [math.exp(math.log(self.lr_lower) + i * step) for i in range(n_lrs)]
+        lrs[0], lrs[-1] = self.lr_lower, self.lr_upper
+        return lrs
+
+    def grid(self, n_lrs: int) -> list[dict[str, Any]]:
+        """The seed's manual grid: :meth:`grid_lrs` x batch sizes x weight decays, in a fixed order."""
+        return [
+            {"lr": lr, "per_device_train_batch_size": bs, "weight_decay": wd}
+            for lr in self.grid_lrs(n_lrs) for bs in self.bs_choices for wd in self.wd_choices
+        ]
+
+    def ray_grid(self, n_lrs: int) -> dict[str, Any]:
+        """The grid as Ray Tune grid searches (Ray runs their cartesian product)."""
+        from ray import tune
+
+        return {
+            "lr": tune.grid_search(self.grid_lrs(n_lrs)),
+            "per_device_train_batch_size": tune.grid_search(list(self.bs_choices)),
+            "weight_decay": tune.grid_search(list(self.wd_choices)),
+        }
+
+    def ray_space(self) -> dict[str, Any]:
+        """Initial sampling: lr log-uniform, batch size and weight decay from their choices."""
+        from ray import tune
+
+        return {
+            "lr": tune.loguniform(self.lr_lower, self.lr_upper),
+            "per_device_train_batch_size": tune.choice(list(self.bs_choices)),
+            "weight_decay": tune.choice(list(self.wd_choices)),
+        }
+
+    def mutations(self, rng: Any) -> dict[str, Any]:
+        """PBT's ``hyperparam_mutations``; lr is resampled log-uniformly from ``rng`` (a
+        ``tune.loguniform`` Domain would resample from numpy's process-wide state)."""
+        log_lo, log_hi = math.log(self.lr_lower), math.log(self.lr_upper)
+        return {
+            "lr": lambda: math.exp(rng.uniform(log_lo, log_hi)),
+            "per_device_train_batch_size": list(self.bs_choices),
+            "weight_decay": list(self.wd_choices),
+        }
+
+    def bounds(self) -> dict[str, list[float]]:
+        """Continuous bounds of every dimension (PB2 models the space as a box)."""
+        return {
+            "lr": [self.lr_lower, self.lr_upper],
+            "per_device_train_batch_size": [float(min(self.bs_choices)), float(max(self.bs_choices))],
+            "weight_decay": [float(min(self.wd_choices)), float(max(self.wd_choices))],
+        }
+
+    def clip(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """Keep an explored config inside the user's bounds and choices.
+
+        Ray's explore step multiplies a continuous value by 0.8 or 1.2 and does not clip, so an
+        lr near LR_UPPER would leave the range the user asked for; PB2 proposes continuous batch
+        sizes. Values off the choices snap to the nearest allowed one.
+        """
+        out = dict(config)
+        out["lr"] = min(max(float(out["lr"]), self.lr_lower), self.lr_upper)
+        for key, choices in (("per_device_train_batch_size", self.bs_choices), ("weight_decay", self.wd_choices)):
+            if out[key] not in choices:
+                out[key] = min(choices, key=lambda c: abs(c - float(out[key])))
+        return out
 
 
 @dataclass(frozen=True)
@@ -121,21 +190,38 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """What every strategy of one comparison may spend, so that their results can be compared.
+
+    The grid strategies train ``trial_iterations / iterations`` combinations, PBT and PB2 a
+    population of that size, ASHA samples configurations until the iterations are spent.
+    """
+
+    trial_iterations: int = 0
+    """Training iterations (epochs) summed over all trials; 0 means the grid's: ``tune.grid_lrs``
+    x |bs_choices| x |wd_choices| x ``train.iterations``. An explicit budget sets the grid's number
+    of learning rates instead (rounded down to whole combinations)."""
+    slots: int = 0
+    """Trials that may run at once; 0 means as many as the resources fit. A local Ray is started
+    with just enough CPUs/GPUs for that many trials; on a cluster the cluster's size decides (the
+    slots a run really had are recorded). The sequential grid always uses one."""
+
+
+@dataclass(frozen=True)
 class TuneSettings:
     """Ray Tune settings shared by the Ray strategies."""
 
-    num_samples: int = 4
-    """Trials (PBT: the population size; ASHA: sampled configurations)."""
+    metric: str = "eval_loss"
+    """The metric every strategy optimizes and every report ranks by."""
+    mode: str = "min"
+    """``min`` or ``max``: the direction in which ``metric`` is better."""
     grid_lrs: int = 3
-    """manual / fifo: learning rates log-spaced over [lr_lower, lr_upper] in the grid (x bs x wd)."""
+    """manual / fifo: learning rates log-spaced over [lr_lower, lr_upper] in the grid (x bs x wd),
+    when ``budget.trial_iterations`` is 0."""
     asha_grace_period: int = 1
     """ASHA: iterations every trial gets before it can be stopped."""
     asha_reduction_factor: int = 2
     """ASHA: keep the top 1/reduction_factor at each rung."""
-    asha_num_samples: int = 0
-    """ASHA: configurations sampled; 0 means ``num_samples``."""
-    max_concurrent: int = 0
-    """Upper bound on trials running at once; 0 leaves it to the resources."""
     synch: bool = False
     """PBT: synchronous rounds (every trial waits for the others at each perturbation)."""
     quantile_fraction: float = 0.25
@@ -150,8 +236,8 @@ class TuneSettings:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    strategy: str = "pbt"
-    """Registered strategy name (``python -m harness strategies`` lists them)."""
+    strategy: str = ""
+    """Registered strategy name (``python -m harness strategies`` lists them); the presets run PBT."""
     preset: str = "smoke"
     """Preset the values were loaded from (recorded with the run)."""
     seed: int = 42
@@ -166,6 +252,20 @@ class ExperimentConfig:
     search: SearchSpace = field(default_factory=SearchSpace)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     tune: TuneSettings = field(default_factory=TuneSettings)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def grid_lrs(self) -> int:
+        """Learning rates in the grid: ``tune.grid_lrs``, or as many as an explicit budget pays for."""
+        if not self.budget.trial_iterations:
+            return self.tune.grid_lrs
+        per_lr = self.train.iterations * len(self.search.bs_choices) * len(self.search.wd_choices)
+        return self.budget.trial_iterations // per_lr
+
+    def budget_iterations(self) -> int:
+        """The comparison's budget in trial-iterations (see :class:`BudgetConfig`)."""
+        if self.budget.trial_iterations:
+            return self.budget.trial_iterations
+        return self.tune.grid_lrs * len(self.search.bs_choices) * len(self.search.wd_choices) * self.train.iterations
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,13 +401,13 @@ def validate(cfg: ExperimentConfig, origins: Mapping[str, str] | None = None) ->
         "seed", "model.max_length", "model.tiny_vocab_size", "model.tiny_hidden_size",
         "model.tiny_layers", "model.tiny_heads", "data.train_samples", "data.eval_samples",
         "train.iterations", "train.eval_batch_size", "resources.workers_per_trial",
-        "tune.num_samples", "tune.num_to_keep", "tune.grid_lrs", "tune.asha_grace_period",
+        "tune.num_to_keep", "tune.grid_lrs", "tune.asha_grace_period",
     ]
     flat = cfg.flat()
     for key in positive_ints:
         minimum = 0 if key == "seed" else 1
         _check(flat[key] >= minimum, f"{o[key]}={flat[key]!r} must be >= {minimum}")
-    for key in ["train.steps_per_iteration", "train.warmup_steps", "tune.max_concurrent", "tune.asha_num_samples",
+    for key in ["train.steps_per_iteration", "train.warmup_steps", "budget.trial_iterations", "budget.slots",
                 "resources.gpus_per_worker"]:
         _check(flat[key] >= 0, f"{o[key]}={flat[key]!r} must be >= 0")
     _check(
@@ -344,7 +444,16 @@ def validate(cfg: ExperimentConfig, origins: Mapping[str, str] | None = None) ->
         cfg.tune.asha_reduction_factor >= 2,
         f"{o['tune.asha_reduction_factor']}={cfg.tune.asha_reduction_factor!r} must be >= 2",
     )
-    _check(bool(cfg.strategy), f"{o['strategy']} is empty; name a strategy such as pbt")
+    _check(cfg.tune.mode in {"min", "max"}, f"{o['tune.mode']}={cfg.tune.mode!r} is not allowed; use min or max")
+    _check(bool(cfg.tune.metric), f"{o['tune.metric']} is empty; name the reported metric, e.g. eval_loss")
+    per_lr = cfg.train.iterations * len(s.bs_choices) * len(s.wd_choices)
+    _check(
+        cfg.budget.trial_iterations == 0 or cfg.budget.trial_iterations >= per_lr,
+        f"{o['budget.trial_iterations']}={cfg.budget.trial_iterations} cannot pay for one learning rate of the "
+        f"grid ({len(s.bs_choices)} batch sizes x {len(s.wd_choices)} weight decays x {cfg.train.iterations} "
+        f"iterations = {per_lr}); use 0 (the grid's budget) or a multiple of {per_lr}",
+    )
+    _check(bool(cfg.strategy), f"{o['strategy']} is empty; name one with --strategy (python -m harness strategies)")
     return cfg
 
 

@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.train import HPARAMS
+from harness.train import HPARAMS, PHASES, phase_key
 
 RECORD_FILE = "run_record.json"
 #: Result keys kept per iteration.
 HISTORY_KEYS = (
     "iteration", "training_iteration", "eval_loss", "train_loss", "epoch", *HPARAMS,
     "optimizer_lr", "optimizer_weight_decay", "time_this_iter_s", "exploited_from",
-    "segment_start_iteration", "world_size", "node_ip",
+    "segment_start_iteration", "world_size", "node_ip", "pid", *(phase_key(p) for p in PHASES),
 )
 
 
@@ -86,6 +86,8 @@ class RunRecord:
     mlflow_run_id: str = ""
     slots: int = 0
     """Trials that could run at once (1 for the sequential manual grid)."""
+    budget_trial_iterations: int = 0
+    """The comparison's budget this run was given (``ExperimentConfig.budget_iterations``)."""
 
     @property
     def wall_s(self) -> float:

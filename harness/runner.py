@@ -33,7 +33,13 @@ class Outcome:
 
 def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
     """Refuse, before anything starts, what cannot run here; each message names the fix."""
-    strategies.check(cfg.strategy)
+    strategy = strategies.spec(cfg.strategy)
+    if strategy.exploits and strategy.planned_trials(cfg) < 2:
+        raise ConfigError(
+            f"budget.trial_iterations={cfg.budget_iterations()} gives {cfg.strategy} a population of "
+            f"{strategy.planned_trials(cfg)} (budget / train.iterations={cfg.train.iterations}); a population "
+            f"needs at least 2 trials to exploit: raise the budget to {2 * cfg.train.iterations} or more"
+        )
     src = cfg.data.source
     if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
         raise ConfigError(f"data.source={src!r} is not a file; give a SQuAD JSON file, synthetic or hub:<dataset>")
@@ -55,7 +61,7 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
         shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
         try:
             log.info("capacity: %s", plan([Node(cpus=os.cpu_count() or 1, gpus=gpus)], shape,
-                                            cfg.tune.num_samples).summary())
+                                            strategy.planned_trials(cfg)).summary())
         except CapacityError as exc:
             raise CapacityError(f"on this machine {exc}") from None
 
@@ -69,6 +75,14 @@ def _run_dir(cfg: ExperimentConfig) -> Path:
         run_dir = base.with_name(f"{base.name}-{n}")
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def summary_metrics(record: RunRecord) -> dict[str, float]:
+    """The run's headline figures for its MLflow parent run (from the same analysis as the report)."""
+    from harness.analysis import summarize
+
+    s = summarize(record)
+    return {k: float(v) for k, v in s.as_row().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def cache_dir(cfg: ExperimentConfig) -> Path:
@@ -87,13 +101,14 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
     run_dir = _run_dir(cfg)
     (run_dir / "config.json").write_text(cfg.to_json())
     record = RunRecord(strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed, config=cfg.to_dict(),
-                       started_at=time.time())
+                       started_at=time.time(), budget_trial_iterations=cfg.budget_iterations())
     log.info("run folder: %s", run_dir)
 
     cache = cache_dir(cfg)
     model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
     data_path = prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
                         max_length=cfg.model.max_length, cache_dir=cache)
+    spec = strategies.spec(cfg.strategy)
     strategy = strategies.get(cfg.strategy)
 
     with Tracker(cfg, run_dir, tags=provenance()) as tracker:
@@ -106,19 +121,11 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
             record.finished_at = time.time()
             record.save(run_dir)
         text, tables_dir = write_tables(record, run_dir)
-        policy_dir = run_dir / "pbt_policy"
-        for log_file in (run_dir / "ray").glob("pbt_*.txt"):
-            policy_dir.mkdir(exist_ok=True)
-            shutil.copy2(log_file, policy_dir / log_file.name)
-        best = record.best_trial()
-        tracker.log_summary(
-            {
-                "wall_s": record.wall_s,
-                "sum_trial_runtime_s": sum(t.runtime_s for t in record.trials),
-                "best_eval_loss": best.eval_loss if best else float("nan"),
-                "trials": len(record.trials),
-                "exploits": len(record.exploits()),
-            },
-            [run_dir / "config.json", run_dir / "run_record.json", tables_dir, policy_dir],
-        )
+        artifacts_dir = run_dir / "strategy_artifacts"
+        for pattern in spec.artifacts:
+            for path in (run_dir / "ray").glob(pattern):
+                artifacts_dir.mkdir(exist_ok=True)
+                shutil.copy2(path, artifacts_dir / path.name)
+        tracker.log_summary(summary_metrics(record),
+                            [run_dir / "config.json", run_dir / "run_record.json", tables_dir, artifacts_dir])
     return Outcome(record=record, run_dir=run_dir, tables_markdown=text)

@@ -44,6 +44,50 @@ HPARAMS = ("lr", "per_device_train_batch_size", "weight_decay")
 
 Reporter = Callable[[dict[str, Any], str], None]
 
+#: Where a trial segment's time goes, recorded per iteration as ``phase_<name>_s``. The first
+#: iteration of a segment carries the set-up phases (process start up to the trial function, the
+#: imports, restoring a checkpoint, loading model and data, building the Trainer); every iteration
+#: carries train, eval, checkpoint save, and the previous iteration's report (Ray counts a report's
+#: cost in the next iteration's ``time_this_iter_s``). ``process_up`` lies before Ray's clock
+#: starts; the others add up to ``time_this_iter_s`` up to a few milliseconds.
+SETUP_PHASES = ("process_up", "imports", "restore", "model_load", "data_load", "setup")
+ITERATION_PHASES = ("train", "eval", "checkpoint", "report")
+PHASES = SETUP_PHASES + ITERATION_PHASES
+PURE_PHASES = ("train", "eval")
+
+
+def phase_key(phase: str) -> str:
+    return f"phase_{phase}_s"
+
+
+def _process_started_here() -> float:
+    """Seconds from this process's creation to now, the first time it is asked; 0 afterwards (a
+    reused Ray actor, or the driver itself, paid no process start for this segment)."""
+    global _PROCESS_CLAIMED
+    if _PROCESS_CLAIMED:
+        return 0.0
+    _PROCESS_CLAIMED = True
+    import psutil
+
+    return max(0.0, time.time() - psutil.Process().create_time())
+
+
+_PROCESS_CLAIMED = False
+_FROZEN = False
+
+
+def _freeze_imports() -> None:
+    """Move the objects of the imported modules out of the garbage collector's reach, once per
+    process. The Trainer runs a full ``gc.collect()`` at the start of every ``train()``
+    (accelerate's ``free_memory``); over torch's and transformers' module objects that took 0.2 s,
+    as long as a tiny model's whole epoch, in every trial segment (measured with cProfile)."""
+    global _FROZEN
+    if not _FROZEN:
+        import gc
+
+        gc.freeze()
+        _FROZEN = True
+
 
 class TrialError(RuntimeError):
     """A trial's worker failed; the message says which rank and how."""
@@ -64,6 +108,7 @@ class Segment:
     exploited_from: str = ""  # the donor trial, when this segment starts from its checkpoint
     epochs_before: float = 0.0  # epochs trained into ``init_weights`` (batch sizes may differ)
     cache_dir: str = ""  # where DeepSpeed may build ops (TORCH_EXTENSIONS_DIR)
+    setup_phases: tuple[tuple[str, float], ...] = ()  # phases measured before run_segment (process_up, restore)
 
 
 def deepspeed_config(stage: int) -> dict[str, Any]:
@@ -137,6 +182,15 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
     ``report(metrics, checkpoint_dir)`` is called on rank 0 only; the folder is removed after it
     returns, so the reporter must copy what it keeps (``tune.report`` does).
     """
+    clock = time.time()
+    phases = dict(seg.setup_phases)
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.time()
+        phases[phase] = phases.get(phase, 0.0) + now - clock
+        clock = now
+
     from transformers import PrinterCallback, Trainer, TrainerCallback
     from transformers.utils import logging as hf_logging
 
@@ -144,13 +198,18 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
     from harness.model import load_model, load_tokenizer
 
     cfg = ExperimentConfig.from_dict(seg.experiment)
+    _set_threads(cfg)
+    _freeze_imports()
+    lap("imports")  # ~0 in a process that ran a segment before
     remaining = cfg.train.iterations - seg.start_iteration
     if remaining <= 0:
         return
     hf_logging.disable_progress_bar()  # per-checkpoint "Writing model shards" bars in every log
     tokenizer = load_tokenizer(seg.model_path)
     model = load_model(seg.init_weights or seg.model_path)
+    lap("model_load")
     prepared = load_prepared(seg.data_path)
+    lap("data_load")
     args = _training_arguments(cfg, seg, remaining, distributed=world_size > 1)
     epochs_before = float(seg.epochs_before)
 
@@ -161,12 +220,19 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
             self.done = 0
             self.train_loss = float("nan")
             self.trainer: Any = None
+            self.boundary = 0.0  # end of the previous iteration (or of the set-up)
+            self.last_report_s = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            lap("setup")
+            self.boundary = time.time()
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kw: Any) -> None:
             if logs and "loss" in logs:
                 self.train_loss = float(logs["loss"])
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, Any] | None = None, **kw: Any) -> None:
+            evaluated = time.time()
             self.done += 1
             iteration = seg.start_iteration + self.done
             optimizer = self.trainer.optimizer
@@ -176,6 +242,15 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
             self.trainer.save_model(str(target / MODEL_DIR))
             if rank != 0:
                 return
+            eval_s = float(metrics.get("eval_runtime") or 0.0)
+            timing = {
+                "train": max(0.0, evaluated - self.boundary - eval_s),
+                "eval": eval_s,
+                "checkpoint": time.time() - evaluated,
+                "report": self.last_report_s,
+            }
+            if self.done == 1:
+                timing.update({p: phases.get(p, 0.0) for p in SETUP_PHASES})
             out = {
                 "eval_loss": float(metrics["eval_loss"]),
                 "train_loss": self.train_loss,
@@ -195,6 +270,7 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
                 "deepspeed": bool(self.trainer.is_deepspeed_enabled),
                 "segment_start_iteration": seg.start_iteration,
                 "exploited_from": seg.exploited_from if self.done == 1 else "",
+                **{phase_key(p): round(v, 4) for p, v in timing.items()},
             }
             meta = {
                 "trial_id": seg.trial_id,
@@ -206,10 +282,13 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
                 "written_at": time.time(),
             }
             (ckpt_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+            started = time.time()
             try:
                 report(out, str(ckpt_dir))
             finally:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
+            self.boundary = time.time()
+            self.last_report_s = self.boundary - started
 
     callback = IterationCallback()
     trainer = Trainer(
@@ -324,7 +403,6 @@ def run_trial_segment(seg: Segment, report: Reporter) -> None:
     cfg = ExperimentConfig.from_dict(seg.experiment)
     world = cfg.resources.workers_per_trial
     if world == 1 and not cfg.train.deepspeed:
-        _set_threads(cfg)
         run_segment(seg, report)
     else:
         run_distributed(seg, world, report)
@@ -336,12 +414,15 @@ def trainable(
     """Ray Tune function trainable (bind the keyword arguments with ``tune.with_parameters``)."""
     from ray import tune
 
+    process_up = _process_started_here()
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     workdir = Path(tempfile.mkdtemp(prefix=f"harness-{trial_id}-"))
-    hparams = {k: config[k] for k in HPARAMS}
+    # PB2 proposes continuous batch sizes; explored values stay inside the user's space
+    hparams = ExperimentConfig.from_dict(experiment).search.clip({k: config[k] for k in HPARAMS})
     try:
         start, init_weights, donor, epochs_before = 0, "", "", 0.0
+        restoring = time.time()
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
@@ -357,7 +438,9 @@ def trainable(
             experiment=experiment, hparams=hparams, model_path=model_path, data_path=data_path,
             trial_id=trial_id, workdir=str(workdir), start_iteration=start,
             init_weights=init_weights, exploited_from=donor, epochs_before=epochs_before, cache_dir=cache_dir,
+            setup_phases=(("process_up", process_up), ("restore", time.time() - restoring)),
         )
         run_trial_segment(seg, _tune_report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+

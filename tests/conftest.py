@@ -69,6 +69,10 @@ def squad_sample() -> Path:
     return SQUAD_SAMPLE
 
 
+#: A third of the smoke budget: the grid's 4 combinations (1 lr x 2 bs x 2 wd), a PBT population of 4.
+SMALL_BUDGET = ("--set", "budget.trial_iterations=12")
+
+
 def run_harness(results: Path, *args: str, command: str = "run", timeout: int = 900):
     """The real CLI in a subprocess, offline, with a private local Ray and sqlite MLflow."""
     import subprocess
@@ -89,11 +93,12 @@ def only_run_dir(results: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_pbt(tmp_path_factory):
-    """`make bench-pbt`'s run (smoke preset), shared by the end-to-end and comparison tests."""
+    """`make bench-pbt`'s run (smoke preset) on a third of its budget (12 trial-iterations: a
+    population of 4), shared by the end-to-end and comparison tests."""
     from harness.records import RunRecord
 
     results = tmp_path_factory.mktemp("smoke-pbt")
-    done = run_harness(results, "--strategy", "pbt", "--preset", "smoke")
+    done = run_harness(results, "--strategy", "pbt", "--preset", "smoke", *SMALL_BUDGET)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     run_dir = only_run_dir(results)
     return done, results, run_dir, RunRecord.load(run_dir)

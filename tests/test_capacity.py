@@ -57,7 +57,7 @@ def test_capacity_cli_exits_2_when_nothing_fits():
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     cmd[cmd.index("1", cmd.index("--gpus-per-node"))] = "8"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0 and "hold 4 trial(s) at once" in done.stdout and "4 trial(s) will wait" in done.stdout
+    assert done.returncode == 0 and "hold 4 trial(s) at once" in done.stdout and "population 12: 8 trial(s) will wait" in done.stdout
 
 
 def test_ports_are_distinct_free_and_leave_a_worker_block():

@@ -28,18 +28,18 @@ def test_seed_preset_matches_the_exercise():
 def test_smoke_preset_is_tiny_and_offline():
     cfg = resolve("smoke", env={})
     assert cfg.model.name == "tiny-bloom" and cfg.data.source == "synthetic"
-    assert cfg.tune.num_samples == 4 and cfg.train.iterations >= 3
+    assert cfg.budget_iterations() == 36 and cfg.budget.slots == 4 and cfg.train.iterations >= 3
     assert cfg.resources.gpus_per_worker == 0 and not cfg.train.fp16
 
 
 def test_precedence_preset_then_env_then_cli():
     env = {"LR_LOWER": "1e-5", "LR_UPPER": "2e-4", "BS_CHOICES": "1 2 4", "WD_CHOICES": "0.0 0.1"}
-    cfg = resolve("smoke", env=env, overrides={"search.lr_upper": "3e-4", "tune.num_samples": "6"})
+    cfg = resolve("smoke", env=env, overrides={"search.lr_upper": "3e-4", "budget.trial_iterations": "24"})
     assert cfg.search.lr_lower == 1e-5  # env
     assert cfg.search.lr_upper == 3e-4  # CLI beats env
     assert cfg.search.bs_choices == (1, 2, 4)
     assert cfg.search.wd_choices == (0.0, 0.1)
-    assert cfg.tune.num_samples == 6  # CLI beats preset
+    assert cfg.budget.trial_iterations == 24  # CLI beats preset
 
 
 def test_round_trip_through_dict():
@@ -99,7 +99,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (["run", "--bs-choices", "0"], {}, "--bs-choices='0' has a batch size below 1"),
         (["run", "--preset", "bogus"], {}, "preset='bogus' is unknown"),
         (["run", "--set", "train.bogus=1"], {}, "--set 'train.bogus' is not a config key"),
-        (["run", "--strategy", "hyperband"], {}, "strategy='hyperband' is unknown; choose one of asha, fifo, manual, pbt"),
+        (["run", "--strategy", "hyperband"], {}, "strategy='hyperband' is unknown; choose one of manual, fifo, asha, pbt, pb2"),
         (["run", "--preset", "seed"], {}, "train.fp16=true needs a CUDA GPU"),
         (["run", "--set", "resources.cpus_per_worker=64"], {}, "no trial fits on any node"),
         (["run", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),

@@ -53,7 +53,7 @@ def test_exploits_happen_and_the_optimizer_uses_the_new_lr(smoke):
     # the exploit the trial saw is the one Ray logged
     ray_log = [json.loads(line) for line in (run_dir / "ray" / "pbt_global.txt").read_text().splitlines()]
     assert len(ray_log) == len(exploits)
-    assert (run_dir / "pbt_policy" / "pbt_global.txt").is_file()
+    assert (run_dir / "strategy_artifacts" / "pbt_global.txt").is_file()
     exploited = next(t for t in record.trials if t.exploits)
     e = exploited.exploits[0]
     donor = next(t for t in record.trials if t.trial_id == e["donor"])
@@ -96,16 +96,41 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(
         lrs = client.get_metric_history(child.info.run_id, "lr")
         assert len(lrs) == 3
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"tables", "run_record.json", "config.json", "pbt_policy"} <= artifacts
+    assert {"tables", "run_record.json", "config.json", "strategy_artifacts"} <= artifacts
     assert not (ROOT / "mlruns").exists(), "MLflow must not write outside the results folder"
 
 
 def test_two_workers_per_trial_through_ray(tmp_path):
     done = run_harness(tmp_path, "--preset", "smoke", "--set", "resources.workers_per_trial=2",
-                       "--set", "tune.num_samples=2", "--set", "train.iterations=2")
+                       "--set", "budget.trial_iterations=4", "--set", "train.iterations=2",
+                       "--set", "search.bs_choices=2", "--set", "search.wd_choices=0.0")
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     record = RunRecord.load(only_run_dir(tmp_path))
     assert len(record.trials) == 2
     for trial in record.trials:
         assert trial.status == "TERMINATED" and trial.iterations == 2
         assert all(row["world_size"] == 2 for row in trial.history)
+
+
+def test_every_iteration_records_where_its_time_went(smoke):
+    from harness.train import ITERATION_PHASES, PHASES, SETUP_PHASES, phase_key
+
+    _, results, _, record = smoke
+    for trial in record.trials:
+        for i, row in enumerate(trial.history):
+            assert all(row[phase_key(p)] is not None and row[phase_key(p)] >= 0 for p in PHASES), row
+            inside = sum(row[phase_key(p)] for p in PHASES if p != "process_up")  # process_up precedes Ray's clock
+            assert inside == pytest.approx(row["time_this_iter_s"], abs=0.1 + 0.05 * row["time_this_iter_s"])
+            assert row[phase_key("train")] > 0 and row[phase_key("eval")] > 0
+        # the first iteration of a trial carries its set-up; a fresh trial process paid for its start
+    fresh = [t.history[0] for t in record.trials if t.history[0][phase_key("process_up")] > 0]
+    assert fresh, "the first trials start in new processes"
+    assert all(row[phase_key("imports")] > 0 for row in fresh)
+    assert SETUP_PHASES + ITERATION_PHASES == PHASES
+
+    from mlflow.tracking import MlflowClient
+
+    child = next(r for r in runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
+                 if r.data.tags.get("mlflow.parentRunId") == record.mlflow_run_id)
+    history = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_metric_history(child.info.run_id, "phase_train_s")
+    assert sorted(m.step for m in history) == [1, 2, 3]

@@ -7,7 +7,7 @@ import pytest
 from harness import strategies
 from harness.config import ConfigError, SearchSpace, resolve
 from harness.strategies import StrategyContext
-from harness.strategies.pbt import clip_to_space, scheduler
+from harness.strategies.pbt import scheduler
 
 SPACE = SearchSpace(lr_lower=1e-5, lr_upper=2e-4, bs_choices=(1, 2), wd_choices=(0.0, 0.01))
 
@@ -21,11 +21,11 @@ SPACE = SearchSpace(lr_lower=1e-5, lr_upper=2e-4, bs_choices=(1, 2), wd_choices=
     ],
 )
 def test_explored_lr_is_clipped_to_the_users_bounds(config, expected):
-    assert clip_to_space(config, SPACE)["lr"] == expected
+    assert SPACE.clip(config)["lr"] == expected
 
 
 def test_values_outside_the_choices_snap_to_the_nearest_choice():
-    out = clip_to_space({"lr": 1e-4, "per_device_train_batch_size": 3, "weight_decay": 0.02}, SPACE)
+    out = SPACE.clip({"lr": 1e-4, "per_device_train_batch_size": 3, "weight_decay": 0.02})
     assert out["per_device_train_batch_size"] == 2 and out["weight_decay"] == 0.01
 
 
@@ -73,5 +73,5 @@ def test_pbt_decisions_come_from_a_generator_of_their_own():
 def test_registry_knows_pbt_and_refuses_the_rest():
     assert "pbt" in strategies.names()
     assert callable(strategies.get("pbt"))
-    with pytest.raises(ConfigError, match="strategy='nope' is unknown; choose one of asha, fifo, manual, pbt"):
+    with pytest.raises(ConfigError, match="strategy='nope' is unknown; choose one of manual, fifo, asha, pbt, pb2"):
         strategies.get("nope")

@@ -48,6 +48,6 @@ def test_make_submit_refuses_before_sbatch_when_no_trial_fits(tmp_path):
     done = subprocess.run([*base, "CPUS_PER_NODE=20", "GPUS_PER_NODE=8", "SYSTEM_CPUS=2"],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "4 trial(s) will wait PENDING" in done.stdout
+    assert "population 12: 8 trial(s) will wait PENDING" in done.stdout  # the seed budget: 60 / 5 iterations
     args = calls.read_text().split()
     assert args[:2] == ["--cpus-per-task=20", "--gres=gpu:8"] and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"

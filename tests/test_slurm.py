@@ -184,7 +184,7 @@ def test_manual_grid_job_runs_the_sequential_grid_in_one_job(cluster, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     env = {**os.environ, **cluster.env, "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp_path / "jobs"),
-           "RESULTS_DIR": str(tmp_path / "results"), "PRESET": "smoke", "HARNESS_ARGS": "--set tune.grid_lrs=1",
+           "RESULTS_DIR": str(tmp_path / "results"), "PRESET": "smoke", "HARNESS_ARGS": "--set budget.trial_iterations=12",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out",

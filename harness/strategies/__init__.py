@@ -1,29 +1,65 @@
-"""Strategies behind one registry: a new strategy is a new entry, not a flag inside another.
+"""Strategies behind one registry: the only place a strategy's name, module, role and artifacts
+appear. A new strategy is a module ``harness/strategies/<name>.py`` with a ``run(ctx)`` function
+and one line in :data:`REGISTRY`, nothing else.
 
-A strategy is a callable ``run(ctx) -> StrategyResult`` that trains the shared trial and reports
-every trial's events to ``ctx.sinks``; :func:`register` adds one under a name and :func:`get`
-looks it up, refusing unknown names with the list of known ones.
+A strategy's ``run(ctx) -> StrategyResult`` trains the shared trial and reports every trial's
+events to ``ctx.sinks``; :func:`get` looks one up, refusing unknown names with the list of known
+ones, before Ray or a model is touched.
 """
 
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, ExperimentConfig, SearchSpace
+from harness.config import ConfigError, ExperimentConfig
 
-#: Modules that register strategies when imported (kept lazy: each pulls in Ray).
-_MODULES = {
-    "pbt": "harness.strategies.pbt",
-    "fifo": "harness.strategies.fifo",
-    "asha": "harness.strategies.asha",
-    "manual": "harness.strategies.manual",
-}
-_REGISTRY: dict[str, Callable[[StrategyContext], StrategyResult]] = {}
+#: How a strategy decides how many trials it runs out of the budget.
+TRIALS_GRID = "grid"  # the grid's combinations, each for every iteration
+TRIALS_POPULATION = "population"  # budget / iterations trials, each for every iteration
+TRIALS_UNTIL_SPENT = "until-spent"  # sample until the budget's iterations are spent
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    role: str
+    """``baseline`` (what the exercise compares against) or ``candidate`` (what it evaluates)."""
+    summary: str
+    trials: str = TRIALS_GRID
+    sequential: bool = False
+    """One trial at a time, in the driver: the exercise's manual tuning."""
+    exploits: bool = False
+    """Population-based: trials restart from other trials' checkpoints."""
+    artifacts: tuple[str, ...] = ()
+    """Globs in Ray's experiment folder copied into the run folder (and logged to MLflow)."""
+
+    @property
+    def module(self) -> str:
+        return f"harness.strategies.{self.name}"
+
+    def planned_trials(self, cfg: ExperimentConfig) -> int:
+        """Trials this strategy starts for ``cfg``'s budget (an upper bound for ``until-spent``)."""
+        if self.trials == TRIALS_GRID:
+            return len(cfg.search.grid(cfg.grid_lrs()))
+        if self.trials == TRIALS_POPULATION:
+            return cfg.budget_iterations() // cfg.train.iterations
+        return cfg.budget_iterations() // cfg.tune.asha_grace_period
+
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("manual", "baseline", "the seed's grid, one combination after another, no Ray", sequential=True),
+    Strategy("fifo", "baseline", "the same grid run concurrently by Ray Tune, no early stopping"),
+    Strategy("asha", "baseline", "ASHA: random samples until the budget is spent, weak trials stop at rungs",
+             trials=TRIALS_UNTIL_SPENT),
+    Strategy("pbt", "candidate", "Population-Based Training (Ray Tune)", trials=TRIALS_POPULATION, exploits=True,
+             artifacts=("pbt_*.txt",)),
+    Strategy("pb2", "candidate", "PB2: PBT whose explore step is a GP bandit (Ray Tune)", trials=TRIALS_POPULATION,
+             exploits=True, artifacts=("pbt_*.txt",)),
+)}
 
 
 @dataclass(frozen=True)
@@ -46,43 +82,26 @@ class StrategyContext:
     """Receivers of trial_started / trial_result / trial_ended (the RunRecord, the MLflow tracker)."""
 
 
-def register(name: str) -> Callable[[Callable[[StrategyContext], StrategyResult]], Callable[[StrategyContext], StrategyResult]]:
-    def wrap(fn: Callable[[StrategyContext], StrategyResult]) -> Callable[[StrategyContext], StrategyResult]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
-
-
 def names() -> list[str]:
-    return sorted(_MODULES)
+    return list(REGISTRY)
+
+
+def spec(name: str) -> Strategy:
+    """The registry entry; fails early (before Ray starts) on an unknown name."""
+    if name not in REGISTRY:
+        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(names())}")
+    return REGISTRY[name]
 
 
 def check(name: str) -> None:
-    """Fail early (before Ray starts) on an unknown strategy name."""
-    if name not in _MODULES:
-        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(names())}")
+    spec(name)
 
 
 def get(name: str) -> Callable[[StrategyContext], StrategyResult]:
-    check(name)
-    importlib.import_module(_MODULES[name])
-    return _REGISTRY[name]
+    return importlib.import_module(spec(name).module).run
 
 
-def grid_lrs(space: SearchSpace, n_lrs: int) -> list[float]:
-    """``n_lrs`` learning rates log-spaced over [lr_lower, lr_upper], both ends exactly included."""
-    if n_lrs == 1:
-        return [math.sqrt(space.lr_lower * space.lr_upper)]
-    step = (math.log(space.lr_upper) - math.log(space.lr_lower)) / (n_lrs - 1)
-    lrs = [math.exp(math.log(space.lr_lower) + i * step) for i in range(n_lrs)]
-    lrs[0], lrs[-1] = space.lr_lower, space.lr_upper
-    return lrs
-
-
-def grid(space: SearchSpace, n_lrs: int) -> list[dict[str, Any]]:
-    """The seed's manual grid: :func:`grid_lrs` x batch sizes x weight decays, in a fixed order."""
-    return [
-        {"lr": lr, "per_device_train_batch_size": bs, "weight_decay": wd}
-        for lr in grid_lrs(space, n_lrs) for bs in space.bs_choices for wd in space.wd_choices
-    ]
+def order(strategy_names: list[str]) -> list[str]:
+    """Registry order (baselines first), then unknown names alphabetically."""
+    known = [n for n in REGISTRY if n in strategy_names]
+    return known + sorted(set(strategy_names) - set(known))

@@ -13,7 +13,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from harness.strategies import StrategyContext, StrategyResult, grid, register
+from harness.strategies import StrategyContext, StrategyResult
 from harness.train import Segment, run_trial_segment
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,9 @@ def _node_ip() -> str:
         return "127.0.0.1"
 
 
-@register("manual")
 def run(ctx: StrategyContext) -> StrategyResult:
     cfg = ctx.cfg
-    combos = grid(cfg.search, cfg.tune.grid_lrs)
+    combos = cfg.search.grid(cfg.grid_lrs())
     ip = _node_ip()
     for index, hparams in enumerate(combos):
         trial_id = f"manual_{index:05d}"

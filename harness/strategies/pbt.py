@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import functools
-import math
 import random
 from typing import Any
 
-from harness.config import SearchSpace
-from harness.strategies import StrategyContext, StrategyResult, register
-from harness.strategies.tune_common import run_tuner, search_space
-
-
-def clip_to_space(config: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
-    """Keep an explored config inside the user's bounds and choices.
-
-    Ray's explore step multiplies a continuous value by 0.8 or 1.2 and does not clip, so an lr
-    near LR_UPPER would leave the range the user asked for.
-    """
-    out = dict(config)
-    out["lr"] = min(max(float(out["lr"]), space.lr_lower), space.lr_upper)
-    for key, choices in (("per_device_train_batch_size", space.bs_choices), ("weight_decay", space.wd_choices)):
-        if out[key] not in choices:  # snap to the nearest allowed value
-            out[key] = min(choices, key=lambda c: abs(c - out[key]))
-    return out
+from harness.strategies import StrategyContext, StrategyResult
+from harness.strategies.tune_common import KeepActorsWarm, run_tuner
 
 
 def private_rng(seed: int) -> random.Random:
@@ -45,30 +29,24 @@ def private_rng(seed: int) -> random.Random:
 def scheduler(ctx: StrategyContext) -> Any:
     from ray.tune.schedulers import PopulationBasedTraining
 
+    class WarmPBT(KeepActorsWarm, PopulationBasedTraining):
+        pass
+
     cfg = ctx.cfg
-    space = cfg.search
     rng = private_rng(cfg.seed)
-    log_lo, log_hi = math.log(space.lr_lower), math.log(space.lr_upper)
-    return PopulationBasedTraining(
+    return WarmPBT(
         time_attr="training_iteration",
-        metric="eval_loss",
-        mode="min",
+        metric=cfg.tune.metric,
+        mode=cfg.tune.mode,
         perturbation_interval=1,
-        hyperparam_mutations={
-            # log-uniform resampling from the private generator (a tune.loguniform Domain would
-            # resample from numpy's process-wide state)
-            "lr": lambda: math.exp(rng.uniform(log_lo, log_hi)),
-            "per_device_train_batch_size": list(space.bs_choices),
-            "weight_decay": list(space.wd_choices),
-        },
+        hyperparam_mutations=cfg.search.mutations(rng),
         quantile_fraction=cfg.tune.quantile_fraction,
         resample_probability=cfg.tune.resample_probability,
-        custom_explore_fn=functools.partial(clip_to_space, space=space),
+        custom_explore_fn=functools.partial(type(cfg.search).clip, cfg.search),
         synch=cfg.tune.synch,
         log_config=True,  # pbt_global.txt / pbt_policy_<trial>.txt in the experiment folder
     )
 
 
-@register("pbt")
 def run(ctx: StrategyContext) -> StrategyResult:
-    return run_tuner(ctx, scheduler=scheduler(ctx), param_space=search_space(ctx.cfg.search))
+    return run_tuner(ctx, scheduler=scheduler(ctx), param_space=ctx.cfg.search.ray_space())

@@ -8,18 +8,26 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
+from ray.tune import Callback, Stopper
+from ray.tune.search import BasicVariantGenerator
 
-from harness.config import ExperimentConfig, SearchSpace
+from harness.config import ExperimentConfig
+from harness import strategies
 from harness.strategies import StrategyContext, StrategyResult
 from harness.train import trainable
 
-def init_ray(address: str) -> None:
+
+#: A custom Ray resource, one unit per trial, that caps a local run at ``budget.slots`` trials.
+SLOT_RESOURCE = "harness_trial_slot"
+
+
+def init_ray(address: str, slots: int = 0) -> None:
     """Start (``address="local"``) or join Ray.
 
     ``local`` always starts a private instance: a bare ``ray.init()`` would join whatever
     ``RAY_ADDRESS`` or an earlier session on this machine points to. Ray 2.60 turns token auth on
-    by itself once ``~/.ray/auth_token`` exists, so the mode is always set explicitly.
+    by itself once ``~/.ray/auth_token`` exists, so the mode is always set explicitly. A local
+    instance offers ``slots`` units of :data:`SLOT_RESOURCE` when the budget caps the slots.
     """
     import ray
 
@@ -30,21 +38,12 @@ def init_ray(address: str) -> None:
     kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING)
     if os.environ.get("RAY_NODE_IP"):  # the head job's address (127.0.0.1 would not match the raylet)
         kwargs["_node_ip_address"] = os.environ["RAY_NODE_IP"]
+    if address == "local" and slots:
+        kwargs["resources"] = {SLOT_RESOURCE: slots}
     ray.init(**kwargs)
 
 
-def search_space(space: SearchSpace) -> dict[str, Any]:
-    """Initial sampling: lr log-uniform, batch size and weight decay from their choices."""
-    from ray import tune
-
-    return {
-        "lr": tune.loguniform(space.lr_lower, space.lr_upper),
-        "per_device_train_batch_size": tune.choice(list(space.bs_choices)),
-        "weight_decay": tune.choice(list(space.wd_choices)),
-    }
-
-
-def trial_resources(cfg: ExperimentConfig) -> Any:
+def trial_resources(cfg: ExperimentConfig, capped: bool) -> Any:
     """One bundle of W*Cw CPUs and W*Gw GPUs: all of a trial's ranks land on one node."""
     from ray import tune
 
@@ -52,6 +51,8 @@ def trial_resources(cfg: ExperimentConfig) -> Any:
     bundle = {"CPU": r.workers_per_trial * r.cpus_per_worker}
     if r.gpus_per_worker:
         bundle["GPU"] = r.workers_per_trial * r.gpus_per_worker
+    if capped:
+        bundle[SLOT_RESOURCE] = 1
     return tune.PlacementGroupFactory([bundle], strategy="STRICT_PACK")
 
 
@@ -75,32 +76,117 @@ def cluster_slots(cfg: ExperimentConfig) -> int:
         trials_per_node(Node(cpus=n["Resources"].get("CPU", 0), gpus=n["Resources"].get("GPU", 0)), shape)
         for n in ray.nodes() if n.get("Alive")
     )
-    if cfg.tune.max_concurrent:
-        slots = min(slots, cfg.tune.max_concurrent)
+    capped = ray.cluster_resources().get(SLOT_RESOURCE)
+    if capped:
+        slots = min(slots, int(capped))
     return max(1, slots)
 
 
-def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, Any],
-              num_samples: int | None = None) -> StrategyResult:
-    """Run the shared trial under ``scheduler`` (None: FIFO) and report to the context's sinks."""
+class BudgetedSearch(BasicVariantGenerator):
+    """Ray's variant generator, with two changes that the budget and the overhead need.
+
+    * It stays open until every trial it generated has completed. Ray 2.60 keeps a finished or
+      paused trial's actor for reuse only while the search is not finished
+      (``TuneController._maybe_cache_trial_actor``: "search is over and no more trials are
+      staged"), so once a plain generator had produced all its trials, later trials of a FIFO
+      grid or an ASHA run started fresh processes (imports and model build again).
+    * With ``until_spent`` (ASHA) it keeps at most ``slots`` trials alive and generates the next
+      one only while the iterations reported so far, plus one in flight per live trial, leave
+      room for a new trial's guaranteed iterations (the grace period): promotions spend the
+      budget before new samples do, as in ASHA's own accounting.
+    """
+
+    def __init__(self, *, budget: int, guaranteed: int, until_spent: bool, slots: int, random_state: int):
+        super().__init__(random_state=random_state, max_concurrent=slots if until_spent else 0)
+        self.budget, self.guaranteed, self.until_spent = budget, guaranteed, until_spent
+        self.spent = 0  # counted by BudgetStopper: Ray skips on_trial_result for a result that stops its trial
+
+    def in_flight(self) -> int:
+        return len(self._live_trials)
+
+    def next_trial(self) -> Any:
+        if self.until_spent and self.spent + self.in_flight() + self.guaranteed > self.budget:
+            self.set_finished()
+            return None
+        return super().next_trial()
+
+    def is_finished(self) -> bool:
+        return super().is_finished() and not self._live_trials
+
+
+class BudgetStopper(Stopper):
+    """Stops a trial at its planned last iteration (on the trial's own counter, so a scheduler
+    never acts on a finished trial: PBT would "exploit" it into a no-op restart). With
+    ``until_spent`` it also stops a trial once the iterations reported, plus the one each other
+    live trial still has in flight, reach the budget, so an ASHA run ends within a trial-iteration
+    of its budget instead of letting every promoted trial run to the end."""
+
+    def __init__(self, iterations: int, search: BudgetedSearch):
+        self.iterations, self.search = iterations, search
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        s = self.search
+        s.spent += 1  # every result passes here (Ray asks the stopper first)
+        if int(result.get("iteration", 0)) >= self.iterations:
+            return True
+        return s.until_spent and s.spent + s.in_flight() - 1 >= s.budget
+
+    def stop_all(self) -> bool:
+        return False
+
+
+class KeepActorsWarm:
+    """Scheduler mixin for synchronous population-based training: keep one trial actor per slot
+    cached across each round's barrier.
+
+    At the barrier every trial pauses while no trial is pending, so Ray 2.60 caches at most one
+    paused trial's actor and stops the others ("no pending trials requiring its resources"); the
+    next round then restarts trials one per controller step on the few cached actors while fresh
+    processes are still importing torch (measured: 2 of 4 slots busy from the second round on).
+    Raising the controller's actor-cache limit by the number of slots once keeps every slot's
+    process warm. ``_actor_cache`` is private Ray API: tests/test_strategies.py fails when a
+    Ray upgrade changes it (a run then uses more processes than slots).
+    """
+
+    warm_slots = 0
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        trials = tune_controller.get_trials()
+        if self.warm_slots and trials and not getattr(self, "_warmed", False):
+            tune_controller._actor_cache.increase_max(trials[0].placement_group_factory, by=self.warm_slots)
+            self._warmed = True
+        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+
+def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, Any]) -> StrategyResult:
+    """Run the shared trial under ``scheduler`` (None: FIFO) and report to the context's sinks. The
+    registry entry says how many trials the budget buys (a grid's ``param_space`` decides its own)."""
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     cfg = ctx.cfg
-    init_ray(ctx.ray_address)
+    spec = strategies.spec(cfg.strategy)
+    num_samples = 1 if spec.trials == strategies.TRIALS_GRID else spec.planned_trials(cfg)
+    until_spent = spec.trials == strategies.TRIALS_UNTIL_SPENT
+    local = ctx.ray_address == "local"
+    init_ray(ctx.ray_address, cfg.budget.slots if local else 0)
     seed_everything(cfg.seed)
+    budget = cfg.budget_iterations()
     fn = tune.with_parameters(
         trainable, experiment=cfg.to_dict(), model_path=ctx.model_path, data_path=ctx.data_path,
         cache_dir=ctx.cache_dir,
     )
+    slots = cluster_slots(cfg)
+    if isinstance(scheduler, KeepActorsWarm):
+        scheduler.warm_slots = slots
+    search = BudgetedSearch(budget=budget, guaranteed=cfg.tune.asha_grace_period if until_spent else 1,
+                            until_spent=until_spent, slots=slots, random_state=cfg.seed)
     tuner = tune.Tuner(
-        tune.with_resources(fn, trial_resources(cfg)),
+        tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots))),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=cfg.seed),
-            num_samples=cfg.tune.num_samples if num_samples is None else num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent or None,
+            search_alg=search,
+            num_samples=num_samples,
             reuse_actors=cfg.tune.reuse_actors,
         ),
         run_config=tune.RunConfig(
@@ -108,14 +194,11 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             storage_path=str(Path(ctx.run_dir).resolve()),  # relative fails with ArrowInvalid
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.tune.num_to_keep),
             failure_config=tune.FailureConfig(max_failures=0),
-            # Stop on the trial's own iteration count as soon as it reports the last one, so the
-            # scheduler never acts on a finished trial (PBT would "exploit" it into a no-op restart).
-            stop={"iteration": cfg.train.iterations},
+            stop=BudgetStopper(cfg.train.iterations, search),
             callbacks=[SinkCallback(ctx.sinks)],
             verbose=1,
         ),
     )
-    slots = cluster_slots(cfg)
     tuner.fit()
     return StrategyResult(slots=slots)
 

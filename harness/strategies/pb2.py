@@ -1,0 +1,44 @@
+"""PB2 (Parker-Holder et al., 2020): Population-Based Training whose explore step fits a
+time-varying Gaussian-process bandit to the population's progress instead of perturbing by
+0.8/1.2 (Ray Tune's ``PB2``; needs scikit-learn only).
+
+PB2 searches a box: batch size and weight decay become intervals between their smallest and
+largest choice, and every proposal is snapped back to the user's choices (``SearchSpace.clip``).
+Its exploit step is PBT's, so it shares PBT's private random generator; its GP proposals draw
+from numpy's seeded global state, which Ray's driver threads may also consume: unlike PBT's,
+PB2's decisions are not guaranteed to repeat with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from harness.strategies import StrategyContext, StrategyResult
+from harness.strategies.pbt import private_rng
+from harness.strategies.tune_common import KeepActorsWarm, run_tuner
+
+
+def scheduler(ctx: StrategyContext) -> Any:
+    from ray.tune.schedulers.pb2 import PB2
+
+    class WarmPB2(KeepActorsWarm, PB2):
+        pass
+
+    cfg = ctx.cfg
+    private_rng(cfg.seed)
+    return WarmPB2(
+        time_attr="training_iteration",
+        metric=cfg.tune.metric,
+        mode=cfg.tune.mode,
+        perturbation_interval=1,
+        hyperparam_bounds=cfg.search.bounds(),
+        quantile_fraction=cfg.tune.quantile_fraction,
+        custom_explore_fn=functools.partial(type(cfg.search).clip, cfg.search),
+        synch=cfg.tune.synch,
+        log_config=True,
+    )
+
+
+def run(ctx: StrategyContext) -> StrategyResult:
+    return run_tuner(ctx, scheduler=scheduler(ctx), param_space=ctx.cfg.search.ray_space())
