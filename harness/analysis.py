@@ -1,8 +1,18 @@
-"""Pure functions on run records: timelines, wall vs Σ runtime, concurrency, savings, quiz answers.
+"""Pure functions on run records: where the time went, budgets, concurrency, early stopping, PBT's
+waste, and the aggregation of several seeds with bootstrap intervals.
 
-Every number here comes from :class:`~harness.records.RunRecord` files (the per-iteration rows a
+Every number comes from :class:`~harness.records.RunRecord` files (the per-iteration rows a
 strategy reported, stamped by one clock, the driver's), never from the console. Functions never
-mutate their input.
+mutate their input, and the bootstrap takes a seeded generator.
+
+The accounting (``../shared/QUIZ.md``):
+
+* wall = set-up (before the first trial iteration starts) + the trial window + teardown;
+* mean concurrency = Σ trial runtime / trial window: what makes a job shorter than Σ;
+* early stopping shrinks Σ itself: (planned − run iterations of the trials a scheduler stopped)
+  × their mean iteration time is what it avoided;
+* PBT stops nothing early; an exploit overwrites the receiver's weights, so iterations whose
+  results no final model embodies are waste, never time saved.
 
 A trial's busy intervals: each reported iteration covers ``[received_at - time_this_iter_s,
 received_at]``. Intervals are clipped to the job's window, so records whose stamps disagree by a
@@ -13,13 +23,33 @@ negative durations or more concurrency than trials.
 from __future__ import annotations
 
 import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from harness.records import RunRecord, TrialRecord
-from harness.train import HPARAMS
+from harness.train import HPARAMS, PURE_PHASES, phase_key
 
 Interval = tuple[float, float]
+
+#: Budgets of two runs are comparable when they differ by at most this fraction.
+BUDGET_TOLERANCE = 0.10
+#: More than this many trials at once on average counts as "ran in parallel".
+PARALLEL_THRESHOLD = 1.05
+#: Slot utilization below this counts as an under-used cluster.
+UNDER_USED = 0.5
+
+
+def merge(intervals: list[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for start, end in sorted(intervals):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 def trial_intervals(trial: TrialRecord, lo: float = -math.inf, hi: float = math.inf) -> list[Interval]:
@@ -34,16 +64,6 @@ def trial_intervals(trial: TrialRecord, lo: float = -math.inf, hi: float = math.
         if end > start:
             raw.append((start, end))
     return merge(raw)
-
-
-def merge(intervals: list[Interval]) -> list[Interval]:
-    out: list[Interval] = []
-    for start, end in sorted(intervals):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out
 
 
 def concurrency(intervals_by_trial: list[list[Interval]], window: Interval) -> tuple[float, int]:
@@ -64,45 +84,81 @@ def concurrency(intervals_by_trial: list[list[Interval]], window: Interval) -> t
     return (area / length if length > 0 else 0.0), peak
 
 
-def iteration_seconds(trial: TrialRecord) -> float:
-    """Mean seconds one of this trial's iterations took (nan without any)."""
-    times = [row.get("time_this_iter_s") or 0.0 for row in trial.history]
-    return sum(times) / len(times) if times else math.nan
+def metric_of(record: RunRecord) -> tuple[str, str]:
+    """(metric, mode) the run optimized, from its saved config."""
+    tune = record.config.get("tune", {})
+    return tune.get("metric", "eval_loss"), tune.get("mode", "min")
+
+
+def better(mode: str) -> Callable[[Sequence[float]], float]:
+    return min if mode == "min" else max
 
 
 def planned_iterations(record: RunRecord) -> int:
     return int(record.config.get("train", {}).get("iterations", 0))
 
 
-def early_stop_savings(record: RunRecord) -> tuple[int, float]:
-    """(trials stopped before their planned iterations, trial-seconds not spent because of it).
+def iteration_seconds(trial: TrialRecord) -> float:
+    """Mean seconds one of this trial's iterations took (nan without any)."""
+    times = [row.get("time_this_iter_s") or 0.0 for row in trial.history]
+    return sum(times) / len(times) if times else math.nan
 
-    Only trials that ended normally (TERMINATED) count: an errored trial saved nothing, it failed.
-    The missing iterations are valued at the trial's own mean iteration time.
+
+def iterations_run(record: RunRecord) -> int:
+    """Trial-iterations trained: every reported row is one iteration of training (an exploited
+    trial's iterations count where they were trained, whoever inherits them)."""
+    return sum(len(t.history) for t in record.trials)
+
+
+def early_stopping(record: RunRecord) -> tuple[int, int, float]:
+    """(trials stopped before their planned iterations, iterations that avoided, trial-seconds).
+
+    Only trials that ended normally (TERMINATED) count: an errored trial avoided nothing, it
+    failed. The missing iterations are valued at the trial's own mean iteration time.
     """
     planned = planned_iterations(record)
-    stopped, saved = 0, 0.0
+    stopped = avoided = 0
+    seconds = 0.0
     for t in record.trials:
         if t.status == "TERMINATED" and 0 < t.iterations < planned:
             stopped += 1
-            saved += (planned - t.iterations) * iteration_seconds(t)
-    return stopped, saved
+            avoided += planned - t.iterations
+            seconds += (planned - t.iterations) * iteration_seconds(t)
+    return stopped, avoided, seconds
 
 
-def exploit_inheritance(record: RunRecord) -> tuple[int, float]:
-    """(PBT exploits, trial-seconds of training inherited from donors instead of redone).
+def lineage_waste(record: RunRecord) -> tuple[int, float]:
+    """(iterations, trial-seconds) that no final model embodies: PBT's discarded work.
 
-    An exploit at iteration k hands the receiver k iterations of the donor's training; they are
-    valued at the donor's mean iteration time.
+    Each reported row is a checkpoint; its parent is the trial's previous row, or, for the first
+    row after an exploit, the donor's row at the restored iteration (the newest one reported
+    before the exploit). The final models are each trial's last row; every row not among their
+    ancestors was trained and then overwritten.
     """
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    parent: dict[tuple[str, int], tuple[str, int] | None] = {}
     by_id = {t.trial_id: t for t in record.trials}
-    exploits = record.exploits()
-    inherited = 0.0
-    for e in exploits:
-        donor = by_id.get(e["donor"])
-        if donor is not None:
-            inherited += e["from_iteration"] * iteration_seconds(donor)
-    return len(exploits), inherited
+    for t in record.trials:
+        for i, row in enumerate(t.history):
+            node = (t.trial_id, i)
+            rows[node] = row
+            donor = row.get("exploited_from")
+            if donor and donor in by_id:
+                restored = int(row.get("segment_start_iteration") or 0)
+                before = row.get("received_at") or math.inf
+                candidates = [j for j, r in enumerate(by_id[donor].history)
+                              if int(r.get("iteration") or 0) == restored and (r.get("received_at") or 0) <= before]
+                parent[node] = (donor, candidates[-1]) if candidates else None
+            else:
+                parent[node] = (t.trial_id, i - 1) if i > 0 else None
+    kept: set[tuple[str, int]] = set()
+    for t in record.trials:
+        node: tuple[str, int] | None = (t.trial_id, len(t.history) - 1) if t.history else None
+        while node is not None and node not in kept:
+            kept.add(node)
+            node = parent.get(node)
+    lost = [rows[n] for n in rows if n not in kept]
+    return len(lost), float(sum(r.get("time_this_iter_s") or 0.0 for r in lost))
 
 
 def distinct_configs(record: RunRecord) -> int:
@@ -115,203 +171,274 @@ def distinct_configs(record: RunRecord) -> int:
     return len(seen)
 
 
-def best_eval_loss(record: RunRecord) -> float:
-    losses = [row["eval_loss"] for t in record.trials for row in t.history if row.get("eval_loss") is not None]
-    return min(losses) if losses else math.nan
+def best_value(record: RunRecord) -> float:
+    """The best metric value any trial reported at any iteration."""
+    metric, mode = metric_of(record)
+    values = [row[metric] for t in record.trials for row in t.history if row.get(metric) is not None]
+    return better(mode)(values) if values else math.nan
 
 
-def slot_seconds_to_reach(record: RunRecord, target: float) -> float | None:
-    """Trial-seconds spent (all trials, in the order results arrived) until some trial first
-    reported ``eval_loss <= target``; None if none ever did."""
+def segment_iteration_times(record: RunRecord) -> tuple[list[float], list[float]]:
+    """time_this_iter_s of the first iteration of every trial segment, and of all later ones. A
+    segment starts where a trial (re)starts: its first row, and every row after a pause or an
+    exploit (``segment_start_iteration`` changes)."""
+    first, later = [], []
+    for t in record.trials:
+        previous_start = None
+        for row in t.history:
+            start = row.get("segment_start_iteration")
+            seconds = row.get("time_this_iter_s")
+            if seconds is None:
+                continue
+            (first if start != previous_start else later).append(float(seconds))
+            previous_start = start
+    return first, later
+
+
+def phase_seconds(record: RunRecord) -> dict[str, float]:
+    """Σ seconds per phase over all rows (phases a record lacks count 0)."""
+    from harness.train import PHASES
+
+    return {p: float(sum(row.get(phase_key(p)) or 0.0 for t in record.trials for row in t.history)) for p in PHASES}
+
+
+def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
+    """(seconds since the job started, cumulative trial-seconds, best metric so far) after each
+    reported iteration, in arrival order: the anytime curve of HPO benchmarks."""
+    metric, mode = metric_of(record)
+    pick = better(mode)
     rows = sorted((row for t in record.trials for row in t.history if row.get("received_at") is not None),
                   key=lambda r: r["received_at"])
-    spent = 0.0
+    out, spent, best = [], 0.0, math.nan
     for row in rows:
         spent += row.get("time_this_iter_s") or 0.0
-        if row.get("eval_loss") is not None and row["eval_loss"] <= target + 1e-12:
-            return spent
-    return None
+        if row.get(metric) is not None:
+            best = row[metric] if math.isnan(best) else pick([best, row[metric]])
+        out.append((row["received_at"] - record.started_at, spent, best))
+    return out
 
 
 @dataclass
 class Summary:
-    """One strategy's measured figures (one row of the comparison)."""
+    """One run's measured figures (one strategy at one seed)."""
 
     strategy: str
+    seed: int
     run_dir: str
     trials: int
     errored: int
+    trials_without_result: int
+    budget_trial_iterations: int
+    iterations_run: int
     wall_s: float
+    setup_s: float
     trial_window_s: float
+    teardown_s: float
     sum_runtime_s: float
-    speedup: float  # Σ trial runtime / wall
-    mean_concurrency: float
+    mean_concurrency: float  # Σ trial runtime / trial window
     peak_concurrency: int
     slots: int
-    utilization: float  # Σ trial runtime / (wall x slots)
+    slot_utilization: float  # Σ trial runtime / (trial window x slots)
+    wall_utilization: float  # Σ trial runtime / (wall x slots)
+    pure_s: float  # Σ train + eval seconds
+    overhead_s: float  # Σ trial runtime - pure, plus process start-ups outside Ray's clock
+    overhead_ratio: float  # wall / (pure / slots): 1.0 is a harness that costs nothing
+    first_iteration_s: float  # median first iteration of a trial segment
+    later_iteration_s: float  # median of every other iteration
+    first_iteration_ratio: float
     completed_all_iterations: int
     early_stopped: int
-    early_stop_saved_s: float
+    early_stop_avoided_iterations: int
+    early_stop_avoided_s: float
     exploits: int
-    inherited_s: float
+    discarded_iterations: int
+    discarded_s: float
     distinct_configs: int
-    best_eval_loss: float
-    best_final_eval_loss: float
-    slot_s_to_manual_best: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    best_eval_loss: float  # the best value of the run's metric (eval_loss unless configured otherwise)
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_row(self) -> dict[str, Any]:
-        row = {k: v for k, v in vars(self).items() if k != "extra"}
-        return row
+        return {k: v for k, v in vars(self).items() if k != "phases"}
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
 
 
 def summarize(record: RunRecord, run_dir: str = "") -> Summary:
     window = (record.started_at, record.finished_at)
     intervals = [trial_intervals(t, *window) for t in record.trials]
     busy = [iv for ivs in intervals for iv in ivs]
-    trial_window = (max(busy, key=lambda i: i[1])[1] - min(busy)[0]) if busy else 0.0
-    mean_c, peak_c = concurrency(intervals, window)
+    first_busy = min(busy)[0] if busy else record.started_at
+    last_busy = max(busy, key=lambda i: i[1])[1] if busy else record.started_at
+    trial_window = last_busy - first_busy
+    _, peak = concurrency(intervals, window)
     total = sum(t.runtime_s for t in record.trials)
     wall = record.wall_s
     slots = record.slots or 1
-    stopped, saved = early_stop_savings(record)
-    n_exploits, inherited = exploit_inheritance(record)
+    phases = phase_seconds(record)
+    pure = sum(phases[p] for p in PURE_PHASES)
+    stopped, avoided, avoided_s = early_stopping(record)
+    discarded, discarded_s = lineage_waste(record)
+    first, later = segment_iteration_times(record)
+    first_s, later_s = _median(first), _median(later)
     planned = planned_iterations(record)
-    best = record.best_trial()
     return Summary(
         strategy=record.strategy,
+        seed=record.seed,
         run_dir=run_dir,
         trials=len(record.trials),
         errored=sum(t.status == "ERROR" for t in record.trials),
+        trials_without_result=sum(not t.history for t in record.trials),
+        budget_trial_iterations=record.budget_trial_iterations,
+        iterations_run=iterations_run(record),
         wall_s=wall,
+        setup_s=first_busy - record.started_at,
         trial_window_s=trial_window,
+        teardown_s=record.finished_at - last_busy,
         sum_runtime_s=total,
-        speedup=total / wall if wall > 0 else math.nan,
-        mean_concurrency=mean_c,
-        peak_concurrency=peak_c,
+        mean_concurrency=total / trial_window if trial_window > 0 else 0.0,
+        peak_concurrency=peak,
         slots=slots,
-        utilization=total / (wall * slots) if wall > 0 else math.nan,
+        slot_utilization=total / (trial_window * slots) if trial_window > 0 else math.nan,
+        wall_utilization=total / (wall * slots) if wall > 0 else math.nan,
+        pure_s=pure,
+        overhead_s=total - pure + phases.get("process_up", 0.0),
+        overhead_ratio=wall / (pure / slots) if pure > 0 else math.nan,
+        first_iteration_s=first_s,
+        later_iteration_s=later_s,
+        first_iteration_ratio=first_s / later_s if later_s and not math.isnan(later_s) else math.nan,
         completed_all_iterations=sum(t.iterations >= planned for t in record.trials),
         early_stopped=stopped,
-        early_stop_saved_s=saved,
-        exploits=n_exploits,
-        inherited_s=inherited,
+        early_stop_avoided_iterations=avoided,
+        early_stop_avoided_s=avoided_s,
+        exploits=len(record.exploits()),
+        discarded_iterations=discarded,
+        discarded_s=discarded_s,
         distinct_configs=distinct_configs(record),
-        best_eval_loss=best_eval_loss(record),
-        best_final_eval_loss=best.eval_loss if best else math.nan,
+        best_eval_loss=best_value(record),
+        phases=phases,
     )
 
 
-def compare(records: dict[str, RunRecord], run_dirs: dict[str, str] | None = None) -> list[Summary]:
-    """One summary per strategy; slot-seconds to reach the manual grid's best, when there is one."""
-    run_dirs = run_dirs or {}
-    summaries = [summarize(rec, run_dirs.get(name, "")) for name, rec in records.items()]
-    manual = records.get("manual")
-    if manual is not None:
-        target = best_eval_loss(manual)
-        for s in summaries:
-            s.slot_s_to_manual_best = slot_seconds_to_reach(records[s.strategy], target)
-            s.extra["manual_best_eval_loss"] = target
-    return summaries
+# --------------------------------------------------------------------------- several seeds
 
+def bootstrap_ci(values: Sequence[float], *, rng: random.Random, resamples: int = 2000,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median. With one value the interval is that value."""
+    data = [v for v in values if not math.isnan(v)]
+    if not data:
+        return math.nan, math.nan
+    if len(data) == 1:
+        return data[0], data[0]
+    medians = sorted(statistics.median(rng.choices(data, k=len(data))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return medians[int(tail * (resamples - 1))], medians[int((1 - tail) * (resamples - 1))]
 
-# --------------------------------------------------------------------------- the quiz
 
 @dataclass(frozen=True)
-class Verdict:
-    option: str
-    text: str
-    holds: str  # "yes", "no", "partly", or "n/a" when the measurements cannot decide it
-    evidence: str
+class Estimate:
+    median: float
+    low: float
+    high: float
+    values: tuple[float, ...]
 
 
-def _yn(value: bool) -> str:
-    return "yes" if value else "no"
+def estimate(values: Sequence[float], rng: random.Random) -> Estimate:
+    low, high = bootstrap_ci(values, rng=rng)
+    clean = [v for v in values if not math.isnan(v)]
+    return Estimate(_median(clean), low, high, tuple(values))
 
 
-def q1_decomposition(s: Summary) -> dict[str, float]:
-    """Manual-equivalent time of a strategy's trials, and where it went.
-
-    manual_equivalent = Σ trial runtime + trial-seconds saved by early stopping + trial-seconds
-    inherited through exploitation (what a one-at-a-time run of the same trials from scratch
-    would cost); wall = manual_equivalent - saved_by_concurrency - saved_by_early_stop - inherited.
-    """
-    equivalent = s.sum_runtime_s + s.early_stop_saved_s + s.inherited_s
-    concurrency_saving = max(0.0, s.sum_runtime_s - s.wall_s)
-    return {
-        "manual_equivalent_s": equivalent,
-        "wall_s": s.wall_s,
-        "saved_by_concurrency_s": concurrency_saving,
-        "saved_by_early_stopping_s": s.early_stop_saved_s,
-        "saved_by_exploitation_s": s.inherited_s,
-        "overhead_s": max(0.0, s.wall_s - s.sum_runtime_s),
-    }
+#: Figures aggregated per strategy with an interval.
+ESTIMATED = ("best_eval_loss", "wall_s", "sum_runtime_s")
+#: Figures aggregated per strategy as a median across seeds.
+MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "slot_utilization", "wall_utilization",
+           "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
+           "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
+           "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",
+           "trials_without_result", "completed_all_iterations")
 
 
-def quiz_q1(s: Summary) -> tuple[list[Verdict], str]:
-    d = q1_decomposition(s)
-    saved = d["manual_equivalent_s"] - d["wall_s"]
-    share = (d["saved_by_concurrency_s"] / saved) if saved > 0 else 0.0
-    parallel, stopped = s.mean_concurrency > 1.05, s.early_stopped > 0
-    verdicts = [
-        Verdict("A", "Ray skips some trials.", _yn(s.completed_all_iterations < s.trials and not stopped),
-                f"{s.completed_all_iterations} of {s.trials} trials reported all their iterations"
-                + (f"; the other {s.trials - s.completed_all_iterations} were stopped by the scheduler, not skipped"
-                   if stopped else "")),
-        Verdict("B", "The cluster was under-used.", _yn(s.utilization < 0.5),
-                f"slot utilization {s.utilization:.0%} (Σ trial runtime / (wall x {s.slots} slots))"),
-        Verdict("C", "The trials ran in parallel and the bad ones were stopped early.",
-                "yes" if parallel and stopped else ("partly" if parallel or stopped else "no"),
-                f"mean {s.mean_concurrency:.2f} / peak {s.peak_concurrency} trials at once saved "
-                f"{d['saved_by_concurrency_s']:.0f} s; early stopping saved {d['saved_by_early_stopping_s']:.0f} s "
-                f"({s.early_stopped} trials stopped); exploitation inherited {d['saved_by_exploitation_s']:.0f} s"),
-        Verdict("D", "Ray compresses time by batching trial steps.", "no",
-                "every iteration's time is measured where it ran; Σ trial runtime counts each of them once"),
-    ]
-    if parallel and not stopped:
-        conclusion = (f"C, but only its first half: concurrency explains {share:.0%} of the {saved:.0f} s between "
-                      f"the manual-equivalent {d['manual_equivalent_s']:.0f} s and the {d['wall_s']:.0f} s wall "
-                      f"time; no trial was stopped early"
-                      + (f" (PBT overwrote weak trials with clones of strong ones {s.exploits} time(s), inheriting "
-                         f"{d['saved_by_exploitation_s']:.0f} s of training instead)" if s.exploits else ""))
-    elif parallel and stopped:
-        conclusion = (f"C: concurrency saved {d['saved_by_concurrency_s']:.0f} s and early stopping "
-                      f"{d['saved_by_early_stopping_s']:.0f} s of the manual-equivalent "
-                      f"{d['manual_equivalent_s']:.0f} s (wall {d['wall_s']:.0f} s)")
-    else:
-        conclusion = (f"none: trials ran one at a time (mean {s.mean_concurrency:.2f} at once), so the wall time "
-                      f"{d['wall_s']:.0f} s is not shorter than the Σ of trial runtimes {s.sum_runtime_s:.0f} s")
-    return verdicts, conclusion
+@dataclass
+class Aggregate:
+    """One strategy across seeds."""
+
+    strategy: str
+    seeds: list[int]
+    runs: list[Summary]
+    estimates: dict[str, Estimate]
+    medians: dict[str, float]
+    ranks: dict[int, int] = field(default_factory=dict)  # seed -> rank of best_eval_loss among comparable strategies
+    comparable: bool = True
+    mode: str = "min"
+
+    def __getitem__(self, key: str) -> float:
+        return self.estimates[key].median if key in self.estimates else self.medians[key]
 
 
-def quiz_q2(pbt: Summary, manual: Summary | None, others: list[Summary]) -> list[Verdict]:
-    """What PBT offers over manual tuning, option by option, from the measurements."""
-    if manual is None:
-        shorter_holds = more_holds = "n/a"
-        shorter_ev = more_ev = "no manual run to compare with"
-    else:
-        shorter = pbt.wall_s < manual.wall_s
-        shorter_holds = ("yes" if pbt.early_stopped else "partly") if shorter else "no"
-        shorter_ev = (f"PBT wall {pbt.wall_s:.0f} s vs manual {manual.wall_s:.0f} s "
-                      f"({manual.wall_s / pbt.wall_s:.2f}x), from {pbt.mean_concurrency:.2f} trials at once; "
-                      f"PBT stopped {pbt.early_stopped} trials early")
-        pbt_rate = pbt.distinct_configs / pbt.wall_s if pbt.wall_s else 0.0
-        manual_rate = manual.distinct_configs / manual.wall_s if manual.wall_s else 0.0
-        more_holds = _yn(pbt_rate > manual_rate)
-        more_ev = (f"PBT trained {pbt.distinct_configs} distinct configurations (mutations counted) in "
-                   f"{pbt.wall_s:.0f} s = {pbt_rate * 60:.1f}/min; manual {manual.distinct_configs} in "
-                   f"{manual.wall_s:.0f} s = {manual_rate * 60:.1f}/min")
-    known = [o.best_eval_loss for o in others if not math.isnan(o.best_eval_loss)]
-    all_best = min([pbt.best_eval_loss, *known])
-    return [
-        Verdict("A", "Shorter total runtime, because trials run concurrently and weak ones stop early.",
-                shorter_holds, shorter_ev),
-        Verdict("B", "More hyperparameter combinations explored in the same window of time.", more_holds, more_ev),
-        Verdict("C", "A guarantee of finding the globally best configuration.", "no",
-                f"no such guarantee exists; measured: PBT's best eval_loss {pbt.best_eval_loss:.4f}, the best of "
-                f"all strategies {all_best:.4f}"),
-        Verdict("D", "Every trial is trained for the full number of epochs.",
-                _yn(pbt.completed_all_iterations == pbt.trials and pbt.trials > 0),
-                f"{pbt.completed_all_iterations} of {pbt.trials} PBT trials reported every planned iteration "
-                "(true of PBT, but no advantage: weak trials keep training, as clones of strong ones)"),
-    ]
+def aggregate(summaries: list[Summary], *, mode: str = "min", seed: int = 0) -> list[Aggregate]:
+    """Group run summaries by strategy (in the order first seen), estimate medians with a seeded
+    bootstrap interval, mark budgets that disagree with the most common one by more than
+    :data:`BUDGET_TOLERANCE` as not comparable, and rank comparable strategies per seed."""
+    rng = random.Random(f"bootstrap/{seed}")
+    groups: dict[str, list[Summary]] = {}
+    for s in summaries:
+        groups.setdefault(s.strategy, []).append(s)
+    out = []
+    for name, runs in groups.items():
+        runs = sorted(runs, key=lambda s: s.seed)
+        out.append(Aggregate(
+            strategy=name, seeds=[s.seed for s in runs], runs=runs, mode=mode,
+            estimates={k: estimate([getattr(s, k) for s in runs], rng) for k in ESTIMATED},
+            medians={k: _median([float(getattr(s, k)) for s in runs if not math.isnan(float(getattr(s, k)))])
+                     for k in MEDIANS},
+        ))
+    reference = reference_budget(out)
+    for a in out:
+        a.comparable = budgets_agree(a["iterations_run"], reference)
+    seeds = sorted({seed_ for a in out for seed_ in a.seeds})
+    for seed_ in seeds:
+        entries = [(s.best_eval_loss, a) for a in out if a.comparable for s in a.runs
+                   if s.seed == seed_ and not math.isnan(s.best_eval_loss)]
+        entries.sort(key=lambda e: e[0] if mode == "min" else -e[0])
+        for rank, (_, a) in enumerate(entries, start=1):
+            a.ranks[seed_] = rank
+    return out
+
+
+def reference_budget(aggregates: list[Aggregate]) -> float:
+    """The budget most strategies used (ties: the larger), against which the others are checked."""
+    used = [round(a["iterations_run"]) for a in aggregates if not math.isnan(a["iterations_run"])]
+    if not used:
+        return math.nan
+    return float(max(set(used), key=lambda b: (used.count(b), b)))
+
+
+def budgets_agree(used: float, reference: float) -> bool:
+    return not math.isnan(reference) and reference > 0 and abs(used - reference) <= BUDGET_TOLERANCE * reference
+
+
+def separated(a: Estimate, b: Estimate) -> int:
+    """-1 if a's interval lies entirely below b's, 1 if entirely above, 0 if they overlap."""
+    if a.high < b.low:
+        return -1
+    if a.low > b.high:
+        return 1
+    return 0
+
+
+def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss") -> list[tuple[str, str, str]]:
+    """(a, b, verdict) for every pair of comparable strategies: "better" or "worse" only where the
+    intervals of ``key`` separate (lower is better for times and for a ``min`` metric)."""
+    out = []
+    comparable = [a for a in aggregates if a.comparable]
+    for i, a in enumerate(comparable):
+        for b in comparable[i + 1:]:
+            side = separated(a.estimates[key], b.estimates[key])
+            if key == "best_eval_loss" and a.mode == "max":
+                side = -side
+            n = min(len(a.runs), len(b.runs))
+            verdict = {-1: "better", 1: "worse"}.get(side, f"not distinguishable with {n} seed{'s' * (n != 1)}")
+            out.append((a.strategy, b.strategy, verdict))
+    return out

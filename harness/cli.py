@@ -36,8 +36,9 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bs-choices", help='batch sizes, e.g. "1 2" (overrides BS_CHOICES)')
     p.add_argument("--wd-choices", help='weight decays, e.g. "0.0 0.01" (overrides WD_CHOICES)')
     p.add_argument("--results-dir", help="where run folders and the MLflow store go")
+    p.add_argument("--seed", help="seeds data, model init, sampling, PBT's decisions and training (default: the preset's)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set tune.num_samples=8 (repeatable)")
+                   help="override any config field, e.g. --set budget.trial_iterations=24 (repeatable)")
 
 
 def _config_from(args: argparse.Namespace) -> Any:
@@ -46,7 +47,7 @@ def _config_from(args: argparse.Namespace) -> Any:
     for item in args.sets:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set tune.num_samples=8")
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE; e.g. --set budget.trial_iterations=24")
         if key.strip() not in known_keys():
             raise ConfigError(f"--set {key!r} is not a config key; known keys: {', '.join(known_keys())}")
         overrides[key.strip()] = value
@@ -59,6 +60,8 @@ def _config_from(args: argparse.Namespace) -> Any:
         overrides["strategy"], origins["strategy"] = args.strategy, "--strategy"
     if args.results_dir is not None:
         overrides["results_dir"], origins["results_dir"] = args.results_dir, "--results-dir"
+    if args.seed is not None:
+        overrides["seed"], origins["seed"] = args.seed, "--seed"
     return resolve(args.preset, overrides=overrides, override_origins=origins)
 
 
@@ -143,13 +146,14 @@ def _cmd_container_lock(args: argparse.Namespace) -> int:
 
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
+    from harness import strategies
     from harness.capacity import Node, TrialShape, plan
 
     cfg = _config_from(args)
     r = cfg.resources
     nodes = [Node(cpus=args.cpus_per_node, gpus=args.gpus_per_node, system_cpus=args.system_cpus)] * args.nodes
-    print(plan(nodes, TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker),
-               cfg.tune.num_samples).summary())
+    trials = strategies.spec(cfg.strategy).planned_trials(cfg)
+    print(plan(nodes, TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker), trials).summary())
     return 0
 
 
@@ -170,52 +174,64 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_runs(results_dir: str) -> list[str]:
-    """The newest run folder of each strategy under ``results_dir`` (by the record's start time)."""
+def _latest_runs(results_dir: str, preset: str | None) -> list[str]:
+    """The newest run folder of each (strategy, seed) under ``results_dir`` (by the record's start
+    time), of ``preset`` only when given."""
     from pathlib import Path
 
     from harness.records import RunRecord
 
-    latest: dict[str, tuple[float, str]] = {}
+    latest: dict[tuple[str, int], tuple[float, str]] = {}
     for record_file in Path(results_dir).glob("*/run_record.json"):
         record = RunRecord.load(record_file)
-        if record.strategy not in latest or record.started_at > latest[record.strategy][0]:
-            latest[record.strategy] = (record.started_at, str(record_file.parent))
+        if preset and Path(record.preset).stem != Path(preset).stem:
+            continue
+        key = (record.strategy, record.seed)
+        if key not in latest or record.started_at > latest[key][0]:
+            latest[key] = (record.started_at, str(record_file.parent))
     if not latest:
-        raise ConfigError(f"--latest {results_dir!r}: no run folders with a run_record.json; run make bench-... first")
+        which = f" of preset {preset!r}" if preset else ""
+        raise ConfigError(f"--latest {results_dir!r}: no run folders{which} with a run_record.json; "
+                          "run make bench-... first")
     return [path for _, path in sorted(latest.values())]
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from harness.analysis import compare
+    from harness import strategies
+    from harness.analysis import aggregate, metric_of, summarize
     from harness.records import RunRecord
     from harness.report import write_comparison
     from harness.tracking import log_comparison
 
-    run_dirs = list(args.runs) + (_latest_runs(args.latest) if args.latest else [])
+    run_dirs = list(args.runs) + (_latest_runs(args.latest, args.preset) if args.latest else [])
     if not run_dirs:
         raise ConfigError("compare needs run folders (results/<run>) or --latest <results dir>")
-    records: dict[str, RunRecord] = {}
-    dirs: dict[str, str] = {}
+    records: dict[tuple[str, int], RunRecord] = {}
+    dirs: dict[tuple[str, int], str] = {}
     for run_dir in run_dirs:
         try:
             record = RunRecord.load(run_dir)
         except FileNotFoundError:
             raise ConfigError(f"{run_dir!r} holds no run_record.json; give run folders under results/") from None
-        if record.strategy in records:
-            raise ConfigError(f"two runs of strategy {record.strategy!r} ({dirs[record.strategy]}, {run_dir}); "
-                              "compare one run per strategy")
-        records[record.strategy], dirs[record.strategy] = record, str(Path(run_dir).resolve())
-    order = [s for s in ("manual", "fifo", "asha", "pbt") if s in records] + sorted(set(records) - {"manual", "fifo", "asha", "pbt"})
-    records = {name: records[name] for name in order}
-    summaries = compare(records, dirs)
+        key = (record.strategy, record.seed)
+        if key in records:
+            raise ConfigError(f"two runs of strategy {record.strategy!r} with seed {record.seed} ({dirs[key]}, "
+                              f"{run_dir}); compare one run per strategy and seed")
+        records[key], dirs[key] = record, str(Path(run_dir).resolve())
+    modes = {metric_of(r) for r in records.values()}
+    if len(modes) > 1:
+        raise ConfigError(f"the runs optimized different metrics {sorted(modes)}; compare runs of one metric")
+    ((_, mode),) = modes
+    order = strategies.order(sorted({name for name, _ in records}))
+    summaries = [summarize(records[key], dirs[key]) for key in sorted(records, key=lambda k: (order.index(k[0]), k[1]))]
+    aggregates = aggregate(summaries, mode=mode)
     out = Path(args.out or Path(run_dirs[0]).resolve().parent / "comparison")
-    text, files = write_comparison(records, summaries, out)
+    text, files = write_comparison(records, aggregates, out)
     presets = {Path(r.preset).stem for r in records.values()}
     results_dir = Path(args.latest) if args.latest else Path(run_dirs[0]).resolve().parent
-    run_id = log_comparison(summaries, files, results_dir=results_dir, experiment=f"hpo-{'+'.join(sorted(presets))}",
+    run_id = log_comparison(aggregates, files, results_dir=results_dir, experiment=f"hpo-{'+'.join(sorted(presets))}",
                             tags={"presets": ",".join(sorted(presets))})
     print(text)
     print(f"comparison: {out} (MLflow run {run_id})")
@@ -253,7 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     col.set_defaults(fn=_cmd_collect)
     cmp_ = sub.add_parser("compare", help="compare strategies from their run records (report, CSV, plots, MLflow)")
     cmp_.add_argument("runs", nargs="*", help="run folders (one per strategy)")
-    cmp_.add_argument("--latest", metavar="RESULTS_DIR", help="use the newest run of each strategy in this folder")
+    cmp_.add_argument("--latest", metavar="RESULTS_DIR",
+                      help="use the newest run of each strategy and seed in this folder")
+    cmp_.add_argument("--preset", help="with --latest: only runs of this preset")
     cmp_.add_argument("--out", help="folder for comparison.md/.csv and the plots")
     cmp_.set_defaults(fn=_cmd_compare)
     box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")

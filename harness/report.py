@@ -120,60 +120,123 @@ def write_tables(record: RunRecord, run_dir: str | Path) -> tuple[str, Path]:
 
 # --------------------------------------------------------------------------- comparison
 
+#: comparison.csv, one row per strategy: (column, title in comparison.md).
 COMPARISON_COLUMNS = [
-    ("strategy", "strategy"), ("trials", "trials"), ("wall_s", "wall (s)"), ("sum_runtime_s", "Σ trial runtime (s)"),
-    ("speedup", "Σ/wall"), ("mean_concurrency", "mean at once"), ("peak_concurrency", "peak at once"),
-    ("slots", "slots"), ("utilization", "slot utilization"), ("completed_all_iterations", "trials with all iterations"),
-    ("early_stopped", "stopped early"), ("early_stop_saved_s", "saved by early stop (s)"), ("exploits", "exploits"),
-    ("inherited_s", "inherited by exploits (s)"), ("distinct_configs", "distinct configs"),
-    ("best_eval_loss", "best eval_loss"), ("slot_s_to_manual_best", "trial-s to manual best"),
+    ("strategy", "strategy"), ("role", "role"), ("seeds", "seeds"),
+    ("budget_trial_iterations", "budget (trial-iterations)"), ("iterations_run", "iterations run"),
+    ("comparable", "budget comparable"), ("slots", "slots"),
+    ("best_eval_loss_median", "best eval_loss (median)"), ("best_eval_loss_ci_low", "CI low"),
+    ("best_eval_loss_ci_high", "CI high"), ("ranks", "rank per seed"),
+    ("wall_s_median", "wall (s)"), ("wall_s_ci_low", "wall CI low"), ("wall_s_ci_high", "wall CI high"),
+    ("sum_runtime_s_median", "Σ trial runtime (s)"), ("sum_runtime_s_ci_low", "Σ CI low"),
+    ("sum_runtime_s_ci_high", "Σ CI high"), ("mean_concurrency", "mean at once (Σ/window)"),
+    ("slot_utilization", "slot utilization"), ("wall_utilization", "Σ/(wall x slots)"),
+    ("pure_s", "train+eval (s)"), ("overhead_s", "overhead (s)"), ("overhead_ratio", "overhead ratio"),
+    ("first_iteration_ratio", "1st/later iteration"), ("early_stop_avoided_s", "avoided by early stop (trial-s)"),
+    ("discarded_s", "discarded by exploits (trial-s)"), ("exploits", "exploits"),
+    ("distinct_configs", "distinct configs"),
 ]
 
 
-def comparison_table(summaries: list[Any]) -> Table:
+def comparison_rows(aggregates: list[Any]) -> list[dict[str, Any]]:
+    from harness import strategies
+
     rows = []
-    for s in summaries:
-        row = s.as_row()
-        cells = []
-        for key, _ in COMPARISON_COLUMNS:
-            value = row[key]
-            if key == "slot_s_to_manual_best" and value is None:
-                value = "never" if "manual_best_eval_loss" in s.extra else ""
-            elif key == "utilization":
-                value = f"{value:.0%}"
-            elif isinstance(value, float) and key != "best_eval_loss":
-                value = round(value, 2)
-            cells.append(value)
-        rows.append(cells)
-    return Table("comparison", "Strategies side by side", [title for _, title in COMPARISON_COLUMNS], rows)
+    for a in aggregates:
+        row: dict[str, Any] = {
+            "strategy": a.strategy,
+            "role": strategies.REGISTRY[a.strategy].role if a.strategy in strategies.REGISTRY else "",
+            "seeds": " ".join(map(str, a.seeds)),
+            "comparable": "yes" if a.comparable else "no",
+            "ranks": " ".join(f"{seed}:{a.ranks[seed]}" for seed in a.seeds if seed in a.ranks),
+        }
+        for key, est in a.estimates.items():
+            row.update({f"{key}_median": est.median, f"{key}_ci_low": est.low, f"{key}_ci_high": est.high})
+        for key, value in a.medians.items():
+            row.setdefault(key, value)
+        rows.append(row)
+    return rows
 
 
-def quiz_markdown(summaries: list[Any]) -> str:
-    from harness.analysis import q1_decomposition, quiz_q1, quiz_q2
+def comparison_table(aggregates: list[Any]) -> Table:
+    def shown(key: str, value: Any) -> Any:
+        if key in ("slot_utilization", "wall_utilization") and isinstance(value, float) and not math.isnan(value):
+            return f"{value:.0%}"
+        if key in ("budget_trial_iterations", "iterations_run", "slots", "exploits", "distinct_configs") \
+                and isinstance(value, float) and not math.isnan(value):
+            return f"{value:g}"
+        if isinstance(value, float) and not key.startswith("best_eval_loss"):
+            return round(value, 2)
+        return value
 
-    by_name = {s.strategy: s for s in summaries}
-    lines = ["## Quiz answers, from the measurements", ""]
-    lines += ["### Q1: why is the job so much shorter than the sum of the trials' runtimes?", ""]
-    for s in summaries:
-        verdicts, conclusion = quiz_q1(s)
-        d = q1_decomposition(s)
-        lines.append(f"**{s.strategy}**: manual-equivalent {d['manual_equivalent_s']:.1f} s = wall {d['wall_s']:.1f} s "
-                     f"+ concurrency {d['saved_by_concurrency_s']:.1f} s + early stopping "
-                     f"{d['saved_by_early_stopping_s']:.1f} s + exploitation {d['saved_by_exploitation_s']:.1f} s "
-                     f"- overhead {d['overhead_s']:.1f} s. The numbers support: {conclusion}.")
-        lines.append("")
-        lines += [f"- {v.option} ({v.holds}): {v.text} {v.evidence}." for v in verdicts]
-        lines.append("")
-    pbt = by_name.get("pbt")
-    lines += ["### Q2: what does PBT offer over manual tuning?", ""]
-    if pbt is None:
-        lines.append("No PBT run among the compared records: nothing to answer.")
-    else:
-        others = [s for s in summaries if s.strategy != "pbt"]
-        for v in quiz_q2(pbt, by_name.get("manual"), others):
-            lines.append(f"- {v.option} ({v.holds}): {v.text} {v.evidence}.")
-        lines += ["", "The exercise's key calls Q1 'C' and credits PBT with early stopping; where the rows above "
-                  "say 'partly' or 'no', the measurements disagree with that key, and this report follows them."]
+    rows = [[shown(k, row.get(k)) for k, _ in COMPARISON_COLUMNS] for row in comparison_rows(aggregates)]
+    return Table("comparison", "Strategies side by side (medians across seeds, bootstrap 95% intervals)",
+                 [title for _, title in COMPARISON_COLUMNS], rows)
+
+
+def comparison_csv(aggregates: list[Any]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([k for k, _ in COMPARISON_COLUMNS])
+    for row in comparison_rows(aggregates):
+        writer.writerow([_fmt(row.get(k), precise=True) for k, _ in COMPARISON_COLUMNS])
+    return buf.getvalue()
+
+
+def runs_table(aggregates: list[Any]) -> Table:
+    rows = [[s.strategy, s.seed, s.iterations_run, round(s.wall_s, 1), round(s.setup_s, 1), round(s.trial_window_s, 1),
+             round(s.teardown_s, 1), round(s.sum_runtime_s, 1), s.best_eval_loss, s.run_dir]
+            for a in aggregates for s in a.runs]
+    return Table("runs", "Every run: wall = set-up + trial window + teardown",
+                 ["strategy", "seed", "iterations run", "wall (s)", "set-up (s)", "trial window (s)", "teardown (s)",
+                  "Σ trial runtime (s)", "best eval_loss", "run folder"], rows)
+
+
+def phases_table(aggregates: list[Any]) -> Table:
+    from harness.train import PHASES
+
+    rows = []
+    for a in aggregates:
+        runs = a.runs
+        per = {p: sum(s.phases.get(p, 0.0) for s in runs) / len(runs) for p in PHASES}
+        rows.append([a.strategy, *(round(per[p], 1) for p in PHASES), round(a["pure_s"], 1), round(a["overhead_s"], 1),
+                     round(a["overhead_ratio"], 2)])
+    return Table("phases", "Where the trial time went (trial-seconds per run, mean across seeds)",
+                 ["strategy", *PHASES, "pure train+eval", "overhead", "overhead ratio = wall / (pure / slots)"], rows)
+
+
+def pairwise_table(aggregates: list[Any]) -> Table:
+    from harness.analysis import pairwise
+
+    rows = [[a, "best eval_loss", verdict, b] for a, b, verdict in pairwise(aggregates, "best_eval_loss")]
+    rows += [[a, "wall time", {"better": "shorter", "worse": "longer"}.get(verdict, verdict), b]
+             for a, b, verdict in pairwise(aggregates, "wall_s")]
+    return Table("pairwise", "Pairwise, only where the 95% intervals separate (comparable budgets only)",
+                 ["strategy", "on", "verdict", "than"], rows)
+
+
+def quiz_markdown(aggregates: list[Any]) -> str:
+    from harness import quiz, strategies
+
+    def verdict_lines(verdicts: list[Any]) -> list[str]:
+        return [f"- **{v.option} ({v.holds})** {v.text} {v.evidence}. *Rule: {v.rule}.*" for v in verdicts]
+
+    lines = ["## The exercise's questions, answered from these numbers", "", f"### Q1: {quiz.Q1}", ""]
+    for a in aggregates:
+        verdicts, conclusion = quiz.q1(a)
+        lines += [f"**{a.strategy}** ({len(a.runs)} seed{'s' * (len(a.runs) != 1)}): {conclusion}.", ""]
+        lines += verdict_lines(verdicts) + [""]
+    lines += [f"### Q2: {quiz.Q2}", ""]
+    spec = strategies.REGISTRY
+    candidates = [a for a in aggregates if a.strategy in spec and spec[a.strategy].exploits]
+    manuals = [a for a in aggregates if a.strategy in spec and spec[a.strategy].sequential]
+    if not candidates or not manuals:
+        lines.append("Q2 needs a population-based run and a sequential grid run among the compared records.")
+    for c in candidates:
+        for m in manuals:
+            note = "" if c.comparable and m.comparable else " (budgets differ by more than 10%: not comparable)"
+            lines += [f"**{c.strategy} vs {m.strategy}**{note}", ""]
+            lines += verdict_lines(quiz.q2(c, m, aggregates)) + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +250,7 @@ def plot_gantt(records: dict[str, RunRecord], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.analysis import early_stop_savings, planned_iterations, trial_intervals
+    from harness.analysis import early_stopping, planned_iterations, trial_intervals
 
     fig, axes = plt.subplots(len(records), 1, figsize=(11, 1.2 + 0.35 * sum(len(r.trials) for r in records.values())),
                              squeeze=False)
@@ -205,7 +268,7 @@ def plot_gantt(records: dict[str, RunRecord], path: Path) -> Path:
                     start = row["received_at"] - (row.get("time_this_iter_s") or 0) - rec.started_at
                     ax.plot(start, y, marker="v", color="black", markersize=6)
         ax.set_yticks(range(len(trials)), [t.trial_id[-5:] for t in trials], fontsize=7)
-        stopped, saved = early_stop_savings(rec)
+        stopped, _, _ = early_stopping(rec)
         ax.set_title(f"{name}: wall {rec.wall_s:.0f} s, {len(trials)} trials"
                      + (f", {stopped} stopped early" if stopped else "")
                      + (f", {len(rec.exploits())} exploits (▼)" if rec.exploits() else ""), fontsize=9, loc="left")
@@ -240,7 +303,7 @@ def plot_losses(records: dict[str, RunRecord], path: Path) -> Path:
 
 
 def plot_lineage(record: RunRecord, path: Path) -> Path:
-    """PBT lineage: a row per trial over iterations; an arrow from donor to receiver at each exploit,
+    """Lineage of a population-based run: a row per trial over iterations; an arrow from donor to receiver at each exploit,
     labelled with the receiver's new lr / batch size / weight decay."""
     import matplotlib
 
@@ -269,24 +332,83 @@ def plot_lineage(record: RunRecord, path: Path) -> Path:
     ax.set_yticks(range(len(trials)), [t.trial_id for t in trials], fontsize=7)
     ax.set_xticks(range(0, int(record.config.get("train", {}).get("iterations", 1)) + 1))
     ax.set_xlabel("iteration (red arrow: the receiver restarts from the donor's checkpoint with mutated values)")
-    ax.set_title(f"PBT lineage: {len(record.exploits())} exploits", fontsize=10, loc="left")
+    ax.set_title(f"{record.strategy} lineage: {len(record.exploits())} exploits", fontsize=10, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def write_comparison(records: dict[str, RunRecord], summaries: list[Any], out: Path) -> tuple[str, list[Path]]:
-    """comparison.md, comparison.csv and the PNG plots in ``out``."""
+def plot_anytime(aggregates: list[Any], records: dict[tuple[str, int], RunRecord], path: Path) -> Path:
+    """Best eval_loss so far against wall time and against cumulative trial-seconds, per strategy:
+    the median across seeds, with a band from the best to the worst seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from harness.analysis import anytime
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for colour, a in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, aggregates):
+        curves = [anytime(records[(a.strategy, s.seed)]) for s in a.runs]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        for ax, column, label in ((axes[0], 0, "seconds since the job started"),
+                                  (axes[1], 1, "cumulative trial-seconds")):
+            end = max(c[-1][column] for c in curves)
+            xs = np.linspace(0, end, 200)
+            ys = []
+            for c in curves:
+                x = np.array([p[column] for p in c])
+                y = np.array([p[2] for p in c])
+                idx = np.searchsorted(x, xs, side="right") - 1
+                ys.append(np.where(idx >= 0, y[np.clip(idx, 0, None)], np.nan))
+            ys_arr = np.array(ys)
+            with np.errstate(all="ignore"):
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a first result
+                    median = np.nanmedian(ys_arr, axis=0)
+                    low, high = np.nanmin(ys_arr, axis=0), np.nanmax(ys_arr, axis=0)
+            ax.step(xs, median, where="post", color=colour, label=f"{a.strategy} (n={len(curves)})")
+            ax.fill_between(xs, low, high, step="post", color=colour, alpha=0.15)
+            ax.set_xlabel(label)
+    axes[0].set_ylabel("best eval_loss so far")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Anytime performance: median across seeds, band from best to worst seed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list[Any],
+                     out: Path) -> tuple[str, list[Path]]:
+    """comparison.md, comparison.csv, runs.csv and the PNG plots in ``out``; ``records`` maps
+    (strategy, seed) to its record."""
+    from harness import strategies
+
     out.mkdir(parents=True, exist_ok=True)
-    table = comparison_table(summaries)
-    files = [out / "comparison.csv", out / "comparison.md"]
-    files[0].write_text(table.csv())
-    plots = [plot_gantt(records, out / "gantt.png"), plot_losses(records, out / "eval_loss.png")]
-    if "pbt" in records:
-        plots.append(plot_lineage(records["pbt"], out / "pbt_lineage.png"))
-    sources = "\n".join(f"- {s.strategy}: `{s.run_dir}`" for s in summaries)
-    text = (f"# Strategy comparison\n\nRun records compared:\n{sources}\n\n{table.markdown()}\n"
-            f"{quiz_markdown(summaries)}\n" + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    files = [out / "comparison.csv", out / "comparison.md", out / "runs.csv"]
+    files[0].write_text(comparison_csv(aggregates))
+    runs = runs_table(aggregates)
+    files[2].write_text(runs.csv())
+    first = {a.strategy: records[(a.strategy, a.runs[0].seed)] for a in aggregates}
+    plots = [plot_anytime(aggregates, records, out / "anytime.png"), plot_gantt(first, out / "gantt.png"),
+             plot_losses(first, out / "eval_loss.png")]
+    for name, rec in first.items():
+        if name in strategies.REGISTRY and strategies.REGISTRY[name].exploits:
+            plots.append(plot_lineage(rec, out / f"{name}_lineage.png"))
+    n_seeds = sorted({len(a.runs) for a in aggregates})
+    text = (f"# Strategy comparison\n\n{len(aggregates)} strategies, {'/'.join(map(str, n_seeds))} seed(s) each. "
+            "Budgets are compared on the trial-iterations each run really trained; a strategy whose budget "
+            "differs from the most common one by more than 10% is shown but not ranked.\n\n"
+            f"{comparison_table(aggregates).markdown()}\n{pairwise_table(aggregates).markdown()}\n"
+            f"{phases_table(aggregates).markdown()}\n{runs.markdown()}\n{quiz_markdown(aggregates)}\n"
+            + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
     files[1].write_text(text)
     return text, files + plots

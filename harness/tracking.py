@@ -24,13 +24,14 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
-from harness.train import HPARAMS  # noqa: E402
+from harness.train import HPARAMS, PHASES, phase_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 #: Metrics logged per iteration (step = the trial's own iteration count).
 ITERATION_METRICS = (
     "eval_loss", "train_loss", *HPARAMS, "optimizer_lr", "optimizer_weight_decay", "epoch", "time_this_iter_s",
+    *(phase_key(p) for p in PHASES),
 )
 
 
@@ -157,29 +158,26 @@ def runs_of(experiment: str, uri: str) -> list[Any]:
 
 
 
-def log_comparison(summaries: list[Any], files: list[Path], *, results_dir: str | Path, experiment: str,
+def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str | Path, experiment: str,
                    tags: dict[str, str]) -> str:
     """A comparison run (artifacts: report, CSV, plots) with one child summary run per strategy,
     so the MLflow UI can put the strategies side by side; returns the comparison run's id."""
     client = MlflowClient(tracking_uri=tracking_uri(results_dir))
     experiment_id = _experiment_id(client, experiment, results_dir)
     parent = client.create_run(experiment_id, run_name=f"comparison-{time.strftime('%Y%m%d-%H%M%S')}",
-                               tags={"kind": "comparison", "strategies": ",".join(s.strategy for s in summaries), **tags})
+                               tags={"kind": "comparison", "strategies": ",".join(a.strategy for a in aggregates),
+                                     **tags})
     pid = parent.info.run_id
     try:
-        for s in summaries:
-            child = client.create_run(experiment_id, run_name=f"summary: {s.strategy}",
+        for a in aggregates:
+            child = client.create_run(experiment_id, run_name=f"summary: {a.strategy}",
                                       tags={"mlflow.parentRunId": pid, "kind": "strategy-summary",
-                                            "strategy": s.strategy, "run_dir": s.run_dir})
-            metrics = {
-                "wall_s": s.wall_s, "sum_trial_runtime_s": s.sum_runtime_s, "speedup": s.speedup,
-                "best_eval_loss": s.best_eval_loss, "mean_concurrency": s.mean_concurrency,
-                "peak_concurrency": s.peak_concurrency, "utilization": s.utilization,
-                "early_stop_saved_s": s.early_stop_saved_s, "exploits": s.exploits, "inherited_s": s.inherited_s,
-                "distinct_configs": s.distinct_configs, "trials": s.trials,
-            }
-            if s.slot_s_to_manual_best is not None:
-                metrics["trial_s_to_manual_best"] = s.slot_s_to_manual_best
+                                            "strategy": a.strategy, "seeds": " ".join(map(str, a.seeds)),
+                                            "budget_comparable": str(a.comparable).lower(),
+                                            "run_dirs": "\n".join(s.run_dir for s in a.runs)[:5000]})
+            metrics = dict(a.medians)
+            for key, est in a.estimates.items():
+                metrics.update({key: est.median, f"{key}_ci_low": est.low, f"{key}_ci_high": est.high})
             ts = _now_ms()
             client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
                                                          if v is not None and not math.isnan(float(v))])

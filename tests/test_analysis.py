@@ -1,29 +1,34 @@
-"""Analysis functions on hand-made records with known answers."""
+"""Analysis and quiz rules on hand-made records with known answers."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
+from harness import quiz
 from harness.analysis import (
-    compare, concurrency, distinct_configs, early_stop_savings, exploit_inheritance, merge, q1_decomposition,
-    quiz_q1, quiz_q2, slot_seconds_to_reach, summarize, trial_intervals,
+    aggregate, anytime, bootstrap_ci, concurrency, early_stopping, estimate, lineage_waste, merge, pairwise,
+    segment_iteration_times, summarize, trial_intervals,
 )
 from harness.records import RunRecord
 
 T0 = 1_000.0
 
 
-def _row(it, end, dur, loss, lr=1e-4, bs=2, wd=0.0, donor="", start_it=0):
-    return {"iteration": it, "received_at": T0 + end, "time_this_iter_s": dur, "eval_loss": loss, "lr": lr,
-            "per_device_train_batch_size": bs, "weight_decay": wd, "exploited_from": donor,
-            "segment_start_iteration": start_it}
+def _row(it, end, dur, loss, lr=1e-4, bs=2, wd=0.0, donor="", start_it=0, train=None):
+    row = {"iteration": it, "received_at": T0 + end, "time_this_iter_s": dur, "eval_loss": loss, "lr": lr,
+           "per_device_train_batch_size": bs, "weight_decay": wd, "exploited_from": donor,
+           "segment_start_iteration": start_it}
+    if train is not None:
+        row.update(phase_train_s=train, phase_eval_s=0.0)
+    return row
 
 
-def _record(strategy, trials, *, wall, iterations=3, slots=2) -> RunRecord:
-    rec = RunRecord(strategy=strategy, preset="smoke", seed=0, config={"train": {"iterations": iterations}},
-                    started_at=T0, finished_at=T0 + wall, slots=slots)
+def _record(strategy, trials, *, wall, iterations=3, slots=2, seed=0, budget=0) -> RunRecord:
+    rec = RunRecord(strategy=strategy, preset="smoke", seed=seed, config={"train": {"iterations": iterations}},
+                    started_at=T0, finished_at=T0 + wall, slots=slots, budget_trial_iterations=budget)
     for tid, rows, status in trials:
         rec.trial_started(tid, tid, {"lr": rows[0]["lr"], "per_device_train_batch_size": rows[0]["per_device_train_batch_size"],
                                      "weight_decay": rows[0]["weight_decay"]})
@@ -33,98 +38,159 @@ def _record(strategy, trials, *, wall, iterations=3, slots=2) -> RunRecord:
 
 
 def test_two_overlapping_trials():
-    # a: busy 0-30, b: busy 10-40 (three 10 s iterations each), wall 40 s
-    a = [_row(1, 10, 10, 3.0), _row(2, 20, 10, 2.0), _row(3, 30, 10, 1.0)]
-    b = [_row(1, 20, 10, 3.5), _row(2, 30, 10, 2.5), _row(3, 40, 10, 1.5)]
-    rec = _record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=40)
-    s = summarize(rec)
-    assert s.sum_runtime_s == 60 and s.wall_s == 40 and s.speedup == 1.5
+    # a: busy 0-30, b: busy 10-40 (three 10 s iterations each, 8 s of them training), wall 50 s
+    a = [_row(1, 10, 10, 3.0, train=8), _row(2, 20, 10, 2.0, train=8), _row(3, 30, 10, 1.0, train=8)]
+    b = [_row(1, 20, 10, 3.5, train=8), _row(2, 30, 10, 2.5, train=8), _row(3, 40, 10, 1.5, train=8)]
+    s = summarize(_record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=50))
+    assert (s.sum_runtime_s, s.wall_s, s.trial_window_s, s.setup_s, s.teardown_s) == (60, 50, 40, 0, 10)
     assert s.mean_concurrency == pytest.approx(1.5) and s.peak_concurrency == 2
-    assert s.utilization == pytest.approx(60 / 80)
-    assert s.trial_window_s == 40 and s.completed_all_iterations == 2
-    assert s.best_eval_loss == 1.0 and s.best_final_eval_loss == 1.0
-    d = q1_decomposition(s)
-    assert d["saved_by_concurrency_s"] == 20 and d["manual_equivalent_s"] == 60
+    assert s.slot_utilization == pytest.approx(60 / 80) and s.wall_utilization == pytest.approx(60 / 100)
+    assert s.pure_s == 48 and s.overhead_s == 12 and s.overhead_ratio == pytest.approx(50 / (48 / 2))
+    assert s.iterations_run == 6 and s.completed_all_iterations == 2 and s.best_eval_loss == 1.0
 
 
-def test_a_single_trial_has_concurrency_one_and_no_savings():
+def test_a_single_trial_runs_one_at_a_time_and_q1_says_so():
     rows = [_row(1, 5, 5, 3.0), _row(2, 10, 5, 2.0), _row(3, 15, 5, 1.0)]
-    rec = _record("manual", [("only", rows, "TERMINATED")], wall=15, slots=1)
-    s = summarize(rec)
-    assert (s.mean_concurrency, s.peak_concurrency, s.speedup, s.utilization) == (1.0, 1, 1.0, 1.0)
-    verdicts, conclusion = quiz_q1(s)
-    assert conclusion.startswith("none: trials ran one at a time")
-    assert {v.option: v.holds for v in verdicts}["C"] == "no"
+    s = summarize(_record("manual", [("only", rows, "TERMINATED")], wall=15, slots=1))
+    assert (s.mean_concurrency, s.peak_concurrency, s.slot_utilization) == (1.0, 1, 1.0)
+    verdicts, conclusion = quiz.q1(aggregate([s])[0])
+    assert conclusion.startswith("the job is not shorter than Σ")
+    assert {v.option: v.holds for v in verdicts} == {"A": "no", "B": "no", "C": "no", "D": "no"}
 
 
-def test_an_errored_trial_counts_its_runtime_but_saves_nothing():
+def test_errored_trials_avoid_nothing_and_a_trial_without_result_counts_as_skipped():
     ok = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.5), _row(3, 30, 10, 1.0)]
-    bad = [_row(1, 8, 8, 0.5)]  # errored after one iteration with a (meaningless) low loss
+    bad = [_row(1, 8, 8, 0.5)]
     rec = _record("asha", [("ok", ok, "TERMINATED"), ("bad", bad, "ERROR")], wall=30)
+    rec.trial_started("never", "never", {"lr": 1e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
+    rec.trial_ended("never", "TERMINATED")
     s = summarize(rec)
-    assert s.errored == 1 and s.sum_runtime_s == 38
-    assert early_stop_savings(rec) == (0, 0.0)
-    assert s.best_final_eval_loss == 1.0  # the errored trial is never the best
+    assert s.errored == 1 and s.sum_runtime_s == 38 and early_stopping(rec) == (0, 0, 0.0)
+    verdicts, _ = quiz.q1(aggregate([s])[0])
+    assert {v.option: v.holds for v in verdicts}["A"] == "yes"
 
 
-def test_early_stopped_trials_save_their_missing_iterations():
+def test_early_stopped_trials_avoid_their_missing_iterations():
     full = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.5), _row(3, 30, 10, 1.0)]
     stopped = [_row(1, 6, 6, 5.0)]
     rec = _record("asha", [("full", full, "TERMINATED"), ("stopped", stopped, "TERMINATED")], wall=30)
-    assert early_stop_savings(rec) == (1, 12.0)  # 2 missing iterations x 6 s
-    s = summarize(rec)
-    verdicts, conclusion = quiz_q1(s)
-    assert conclusion.startswith("C: concurrency saved")
+    assert early_stopping(rec) == (1, 2, 12.0)  # 2 missing iterations x 6 s
+    verdicts, conclusion = quiz.q1(aggregate([summarize(rec)])[0])
     assert {v.option: v.holds for v in verdicts}["C"] == "yes"
+    assert "early stopping shrank Σ itself by 12.0 trial-s" in conclusion
 
 
 def test_clock_skew_between_records_cannot_create_time():
-    # b's stamps run 3 s ahead of the job window and its first iteration claims more time than elapsed
     a = [_row(1, 10, 10, 3.0)]
-    b = [_row(1, 13, 20, 3.0)]
+    b = [_row(1, 13, 20, 3.0)]  # 3 s after the job's end, and longer than the job
     rec = _record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=10)
     ivs = [trial_intervals(t, T0, T0 + 10) for t in rec.trials]
     assert ivs == [[(T0, T0 + 10)], [(T0, T0 + 10)]]
-    mean, peak = concurrency(ivs, (T0, T0 + 10))
-    assert peak == 2 and mean == pytest.approx(2.0)
-    assert all(end >= start for trial in ivs for start, end in trial)
+    assert concurrency(ivs, (T0, T0 + 10)) == (pytest.approx(2.0), 2)
 
 
 def test_merge_joins_touching_intervals():
     assert merge([(5, 6), (0, 2), (2, 3)]) == [(0, 3), (5, 6)]
 
 
-def test_pbt_exploits_inherit_the_donors_training_and_count_mutations():
+def test_an_exploit_discards_the_receivers_own_iterations_as_waste():
     donor = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.5), _row(3, 30, 10, 1.0)]
     receiver = [_row(1, 12, 12, 4.0, lr=1e-5), _row(2, 20, 8, 1.4, lr=1.2e-4, donor="d", start_it=1),
-                _row(3, 28, 8, 1.1, lr=1.2e-4)]
+                _row(3, 28, 8, 1.1, lr=1.2e-4, start_it=1)]
     rec = _record("pbt", [("d", donor, "TERMINATED"), ("r", receiver, "TERMINATED")], wall=30)
-    assert exploit_inheritance(rec) == (1, 10.0)  # 1 iteration of the donor's, 10 s each
-    assert distinct_configs(rec) == 3  # 1e-4, 1e-5 and the mutated 1.2e-4
+    assert lineage_waste(rec) == (1, 12.0)  # r's first iteration lives in no final model
     s = summarize(rec)
-    verdicts, conclusion = quiz_q1(s)
-    assert "only its first half" in conclusion and "inheriting 10 s" in conclusion
+    assert s.exploits == 1 and s.discarded_iterations == 1 and s.early_stop_avoided_s == 0
+    assert s.distinct_configs == 3 and s.iterations_run == 6
+    _, conclusion = quiz.q1(aggregate([s])[0])
+    assert "waste, not of savings" in conclusion and "no trial was stopped early" in conclusion
 
 
-def test_slot_seconds_to_reach_a_target_in_arrival_order():
+def test_iterations_that_a_clone_carries_on_are_not_waste():
+    # x trains 1; y clones x at 1 and carries on; then x is overwritten by z's checkpoint at 2
+    x = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.9), _row(3, 30, 10, 1.2, donor="z", start_it=2)]
+    y = [_row(1, 10, 10, 3.0), _row(2, 21, 10, 1.8, donor="x", start_it=1), _row(3, 31, 10, 1.7, start_it=1)]
+    z = [_row(1, 10, 10, 2.5), _row(2, 19, 9, 1.5), _row(3, 29, 10, 1.1)]
+    rec = _record("pbt", [("x", x, "TERMINATED"), ("y", y, "TERMINATED"), ("z", z, "TERMINATED")], wall=31)
+    # lost: y's own iteration 1 (overwritten by x's) and x's iteration 2 (x restarted from z's 2);
+    # x's iteration 1 lives on in y
+    assert lineage_waste(rec) == (2, 20.0)
+
+
+def test_segments_start_where_a_trial_restarts():
+    rows = [_row(1, 10, 9, 2.0), _row(2, 12, 2, 1.9), _row(3, 20, 4, 1.5, start_it=2)]
+    rec = _record("pbt", [("a", rows, "TERMINATED")], wall=20)
+    assert segment_iteration_times(rec) == ([9.0, 4.0], [2.0])
+    assert summarize(rec).first_iteration_ratio == pytest.approx(6.5 / 2)
+
+
+def test_anytime_curve_is_the_best_so_far_in_arrival_order():
     a = [_row(1, 10, 10, 3.0), _row(2, 20, 10, 2.0)]
-    b = [_row(1, 15, 15, 2.5), _row(2, 30, 15, 0.9)]
+    b = [_row(1, 15, 15, 2.5), _row(2, 30, 15, 2.2)]
     rec = _record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=30, iterations=2)
-    assert slot_seconds_to_reach(rec, 2.5) == 25  # a@10 (10 s) then b@15 (15 s) reaches 2.5
-    assert slot_seconds_to_reach(rec, 0.95) == 50
-    assert slot_seconds_to_reach(rec, 0.1) is None
+    assert anytime(rec) == [(10, 10, 3.0), (15, 25, 2.5), (20, 35, 2.0), (30, 50, 2.0)]
 
 
-def test_compare_and_q2_follow_the_numbers():
-    manual = _record("manual", [(f"m{i}", [_row(1, 10 * (i + 1), 10, 2.0 - i * 0.1)], "TERMINATED") for i in range(4)],
-                     wall=40, iterations=1, slots=1)
-    pbt_rows = [[_row(1, 10, 10, 1.9, lr=1e-4 * (i + 1))] for i in range(4)]
-    pbt = _record("pbt", [(f"p{i}", rows, "TERMINATED") for i, rows in enumerate(pbt_rows)], wall=12, iterations=1,
-                  slots=4)
-    summaries = compare({"manual": manual, "pbt": pbt})
-    by = {s.strategy: s for s in summaries}
-    assert by["manual"].slot_s_to_manual_best == 40 and by["pbt"].slot_s_to_manual_best is None
-    q2 = {v.option: v.holds for v in quiz_q2(by["pbt"], by["manual"], [by["manual"]])}
-    assert q2["A"] == "partly"  # shorter, but no trial stopped early
-    assert q2["B"] == "yes" and q2["C"] == "no" and q2["D"] == "yes"
-    assert not math.isnan(by["pbt"].utilization)
+def test_bootstrap_is_seeded_degenerate_for_one_value_and_brackets_the_median():
+    assert bootstrap_ci([2.0], rng=random.Random(0)) == (2.0, 2.0)
+    values = [1.0, 2.0, 3.0, 4.0, 10.0]
+    first = bootstrap_ci(values, rng=random.Random(1))
+    assert first == bootstrap_ci(values, rng=random.Random(1))
+    assert first[0] <= 3.0 <= first[1] and first[0] >= 1.0 and first[1] <= 10.0
+    assert values == [1.0, 2.0, 3.0, 4.0, 10.0]  # input untouched
+    assert math.isnan(estimate([], random.Random(0)).median)
+
+
+def _seeds(strategy, losses, walls, *, iters=12, slots=4, exploits=False):
+    """One summary per seed: ``iters`` one-second iterations spread over ``wall`` seconds."""
+    out = []
+    for seed, (loss, wall) in enumerate(zip(losses, walls)):
+        rows = [_row(i + 1, wall * (i + 1) / iters, 1.0, loss + (iters - i) * 0.01, train=0.8) for i in range(iters)]
+        rows[3]["exploited_from"] = "t" if exploits else ""
+        rec = _record(strategy, [("t", rows, "TERMINATED")], wall=wall, iterations=iters, slots=slots, seed=seed)
+        out.append(summarize(rec))
+    return out
+
+
+def test_aggregate_ranks_comparable_budgets_and_marks_the_rest():
+    runs = (_seeds("manual", [2.0, 2.1, 2.2], [40, 41, 42], slots=1) + _seeds("pbt", [1.0, 1.1, 1.2], [20, 21, 22])
+            + _seeds("asha", [0.5, 0.5, 0.5], [10, 10, 10], iters=6))
+    by = {a.strategy: a for a in aggregate(runs)}
+    assert by["manual"].comparable and by["pbt"].comparable and not by["asha"].comparable
+    assert by["pbt"].ranks == {0: 1, 1: 1, 2: 1} and by["manual"].ranks == {0: 2, 1: 2, 2: 2}
+    assert by["asha"].ranks == {}
+    assert by["pbt"].estimates["best_eval_loss"].median == pytest.approx(1.11)  # last rows: loss + 0.01
+    verdicts = {(a, b): v for a, b, v in pairwise(list(by.values()))}
+    assert verdicts[("manual", "pbt")] == "worse"
+
+
+def test_overlapping_intervals_are_not_distinguishable():
+    runs = _seeds("manual", [1.0, 2.0], [40, 40]) + _seeds("pbt", [1.5, 1.6], [40, 40])
+    assert pairwise(aggregate(runs)) == [("manual", "pbt", "not distinguishable with 2 seeds")]
+
+
+def test_q2_a_follows_the_wall_times_and_flips_when_the_grid_is_ten_times_slower():
+    pbt = _seeds("pbt", [1.0, 1.1], [20, 21], exploits=True)
+    fast_grid = _seeds("manual", [1.2, 1.3], [12, 13], slots=1)
+    slow_grid = _seeds("manual", [1.2, 1.3], [120, 130], slots=1)
+    for grid, expected in ((fast_grid, "no"), (slow_grid, "partly")):
+        by = {a.strategy: a for a in aggregate(pbt + grid)}
+        q2 = {v.option: v.holds for v in quiz.q2(by["pbt"], by["manual"], list(by.values()))}
+        assert q2["A"] == expected
+        assert q2["D"] == "yes" and q2["C"] == "not refuted"
+
+
+def test_q2_c_is_refuted_by_any_seed_where_another_strategy_did_better():
+    pbt = _seeds("pbt", [1.0, 1.5], [20, 21])
+    grid = _seeds("manual", [1.2, 1.3], [40, 41], slots=1)
+    by = {a.strategy: a for a in aggregate(pbt + grid)}
+    c = next(v for v in quiz.q2(by["pbt"], by["manual"], list(by.values())) if v.option == "C")
+    assert c.holds == "no" and "seed 1: manual 1.3100 vs 1.5100" in c.evidence
+
+
+def test_q1_d_holds_only_when_more_trials_progress_than_slots():
+    a = [_row(1, 10, 10, 3.0)]
+    b = [_row(1, 10, 10, 3.0)]
+    rec = _record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=10, iterations=1, slots=1)
+    verdicts, _ = quiz.q1(aggregate([summarize(rec)])[0])
+    assert {v.option: v.holds for v in verdicts}["D"] == "yes"
