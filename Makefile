@@ -10,6 +10,8 @@ PRESET ?= smoke
 RESULTS_DIR ?= results
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
+# bench-*: one run per seed (SEEDS="0 1 2"); empty runs the preset's own seed
+SEEDS ?=
 # SLURM submission (make submit-pbt): what each node job asks for, and how many worker jobs join
 SUBMIT_PRESET ?= seed
 STRATEGY ?= pbt
@@ -22,11 +24,11 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-all compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
+.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
-	@echo "  variables: PRESET=$(PRESET) RESULTS_DIR=$(RESULTS_DIR) LR_LOWER LR_UPPER BS_CHOICES WD_CHOICES"
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@echo "  variables: PRESET=$(PRESET) RESULTS_DIR=$(RESULTS_DIR) SEEDS="$(SEEDS)" LR_LOWER LR_UPPER BS_CHOICES WD_CHOICES"
 
 $(STAMP): constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,22 +41,31 @@ $(STAMP): constraints.txt pyproject.toml
 
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) from constraints.txt
 
-bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model)
-	$(PY) -m harness run --strategy pbt --preset $(PRESET) --results-dir $(RESULTS_DIR)
+# one `python -m harness run` per seed in SEEDS (or one with the preset's seed)
+run_seeds = $(foreach seed,$(or $(SEEDS),preset),$(PY) -m harness run --strategy $(1) --preset $(PRESET) --results-dir $(RESULTS_DIR) $(if $(filter preset,$(seed)),,--seed $(seed)) &&) true
 
-bench-manual: $(STAMP) ## run the sequential manual grid (3 lrs x BS_CHOICES x WD_CHOICES), no Ray
-	$(PY) -m harness run --strategy manual --preset $(PRESET) --results-dir $(RESULTS_DIR)
+bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model; SEEDS="0 1")
+	$(call run_seeds,pbt)
+
+bench-manual: $(STAMP) ## run the sequential manual grid (the budget's combinations of lr x BS_CHOICES x WD_CHOICES), no Ray
+	$(call run_seeds,manual)
 
 bench-fifo: $(STAMP) ## run the same grid concurrently with Ray Tune, no early stopping (FIFO)
-	$(PY) -m harness run --strategy fifo --preset $(PRESET) --results-dir $(RESULTS_DIR)
+	$(call run_seeds,fifo)
 
-bench-asha: $(STAMP) ## run ASHA on the search space (early stopping)
-	$(PY) -m harness run --strategy asha --preset $(PRESET) --results-dir $(RESULTS_DIR)
+bench-asha: $(STAMP) ## run ASHA on the search space until the budget is spent (early stopping)
+	$(call run_seeds,asha)
 
-bench-all: bench-manual bench-fifo bench-asha bench-pbt ## the four strategies, one after another
+bench-pb2: $(STAMP) ## run PB2 (PBT with a GP-bandit explore step) on the same budget
+	$(call run_seeds,pb2)
 
-compare: $(STAMP) ## compare the latest run of each strategy in RESULTS_DIR (or RUNS="dir dir ...")
-	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S)
+bench-all: bench-manual bench-fifo bench-asha bench-pbt ## the four strategies, each once per seed in SEEDS
+
+bench-cpu: ## the compute-dominated CPU comparison: real SQuAD text, a wider tiny BLOOM (PRESET=cpu)
+	$(MAKE) bench-all compare PRESET=cpu
+
+compare: $(STAMP) ## compare the newest run of each strategy and seed of PRESET in RESULTS_DIR (or RUNS="dir dir ...")
+	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR) --preset $(PRESET)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smoke scale)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -65,7 +76,7 @@ test-fast: $(STAMP) ## run the unit tests only (no Ray run)
 test-slurm: $(STAMP) ## only the SLURM tests (bring up a one-node cluster; root + apt-get)
 	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
 
-bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time + peak memory vs a 1-trial baseline
+bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time, memory, slot utilization and first-iteration cost (vs FIFO and a 2-trial baseline)
 	mkdir -p $(RESULTS_DIR)/benchmarks
 	$(PY) -m pytest benchmarks --benchmark-json=$(RESULTS_DIR)/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
 

@@ -428,14 +428,26 @@ def separated(a: Estimate, b: Estimate) -> int:
     return 0
 
 
+#: Fewer seeds than this on either side never separate: one run per side says nothing of the spread.
+MIN_SEEDS = 2
+
+
+def decided(a: Aggregate, b: Aggregate, key: str) -> int:
+    """:func:`separated` on ``key``, or 0 while either side has fewer than :data:`MIN_SEEDS` runs."""
+    if min(len(a.runs), len(b.runs)) < MIN_SEEDS:
+        return 0
+    return separated(a.estimates[key], b.estimates[key])
+
+
 def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss") -> list[tuple[str, str, str]]:
-    """(a, b, verdict) for every pair of comparable strategies: "better" or "worse" only where the
-    intervals of ``key`` separate (lower is better for times and for a ``min`` metric)."""
+    """(a, b, verdict) for every pair of comparable strategies: "better" or "worse" only where both
+    have :data:`MIN_SEEDS` runs or more and the intervals of ``key`` separate (lower is better for
+    times and for a ``min`` metric)."""
     out = []
     comparable = [a for a in aggregates if a.comparable]
     for i, a in enumerate(comparable):
         for b in comparable[i + 1:]:
-            side = separated(a.estimates[key], b.estimates[key])
+            side = decided(a, b, key)
             if key == "best_eval_loss" and a.mode == "max":
                 side = -side
             n = min(len(a.runs), len(b.runs))

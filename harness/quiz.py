@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.analysis import PARALLEL_THRESHOLD, UNDER_USED, Aggregate, separated
+from harness.analysis import MIN_SEEDS, PARALLEL_THRESHOLD, UNDER_USED, Aggregate, decided
 
 Q1 = ("Eight PBT trials each take about 20 minutes, yet the whole job ends after about 25. Why is the job "
       "so much shorter than the sum of the trials' runtimes?")
@@ -84,7 +84,7 @@ def q1(a: Aggregate) -> tuple[list[Verdict], str]:
 
 def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> list[Verdict]:
     """What a population-based ``candidate`` offers over the sequential grid ``manual``."""
-    wall_side = separated(candidate.estimates["wall_s"], manual.estimates["wall_s"])
+    wall_side = decided(candidate, manual, "wall_s")
     n = min(len(candidate.runs), len(manual.runs))
     shorter = {-1: "shorter", 1: "longer"}.get(wall_side, f"not distinguishable with {n} seed{'s' * (n != 1)}")
     stopped = candidate["early_stop_avoided_iterations"] > 0
@@ -102,8 +102,9 @@ def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> li
     c_rate, m_rate = rate(candidate), rate(manual)
     rates_c = [s.distinct_configs / (s.wall_s / 60) for s in candidate.runs if s.wall_s > 0]
     rates_m = [s.distinct_configs / (s.wall_s / 60) for s in manual.runs if s.wall_s > 0]
-    b_holds = ("yes" if rates_c and rates_m and min(rates_c) > max(rates_m) else
-               "no" if rates_c and rates_m and max(rates_c) < min(rates_m) else "not distinguishable")
+    enough = min(len(rates_c), len(rates_m)) >= MIN_SEEDS
+    b_holds = ("yes" if enough and min(rates_c) > max(rates_m) else
+               "no" if enough and max(rates_c) < min(rates_m) else "not distinguishable")
 
     beaten = []
     for s in candidate.runs:
@@ -118,14 +119,14 @@ def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> li
     manual_full = all(s.completed_all_iterations == s.trials for s in manual.runs)
     return [
         Verdict("A", Q2_OPTIONS["A"], a_holds,
-                "yes if the wall-time intervals separate with the candidate shorter and it stopped trials early; "
-                "partly if only shorter; no if longer",
+                f"with {MIN_SEEDS}+ seeds each: yes if the wall-time intervals separate with the candidate shorter "
+                "and it stopped trials early; partly if only shorter; no if longer",
                 f"{candidate.strategy} wall {cw.median:.1f} s [{cw.low:.1f}, {cw.high:.1f}] vs {manual.strategy} "
                 f"{mw.median:.1f} s [{mw.low:.1f}, {mw.high:.1f}]: {shorter}; {candidate['mean_concurrency']:.2f} trials "
                 f"at once; {candidate['early_stop_avoided_iterations']:.0f} iterations stopped early"),
         Verdict("B", Q2_OPTIONS["B"], b_holds,
-                "yes if every seed's distinct configurations per wall-minute exceed every seed's of the grid; no if "
-                "all fall below",
+                f"with {MIN_SEEDS}+ seeds each: yes if every seed's distinct configurations per wall-minute exceed "
+                "every seed's of the grid; no if all fall below",
                 f"{candidate.strategy} {candidate['distinct_configs']:.0f} distinct configs, {c_rate:.1f}/min; "
                 f"{manual.strategy} {manual['distinct_configs']:.0f}, {m_rate:.1f}/min (medians of {_n(candidate)})"),
         Verdict("C", Q2_OPTIONS["C"], "no" if beaten else "not refuted",

@@ -159,19 +159,34 @@ def comparison_rows(aggregates: list[Any]) -> list[dict[str, Any]]:
 
 
 def comparison_table(aggregates: list[Any]) -> Table:
-    def shown(key: str, value: Any) -> Any:
-        if key in ("slot_utilization", "wall_utilization") and isinstance(value, float) and not math.isnan(value):
-            return f"{value:.0%}"
-        if key in ("budget_trial_iterations", "iterations_run", "slots", "exploits", "distinct_configs") \
-                and isinstance(value, float) and not math.isnan(value):
-            return f"{value:g}"
-        if isinstance(value, float) and not key.startswith("best_eval_loss"):
-            return round(value, 2)
-        return value
+    """The markdown view of comparison.csv: one row per strategy, intervals beside their medians."""
 
-    rows = [[shown(k, row.get(k)) for k, _ in COMPARISON_COLUMNS] for row in comparison_rows(aggregates)]
-    return Table("comparison", "Strategies side by side (medians across seeds, bootstrap 95% intervals)",
-                 [title for _, title in COMPARISON_COLUMNS], rows)
+    def num(value: Any, digits: int = 1) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+    def interval(row: dict[str, Any], key: str, digits: int) -> str:
+        median, low, high = (row.get(f"{key}_{part}") for part in ("median", "ci_low", "ci_high"))
+        if low == high:
+            return num(median, digits)
+        return f"{num(median, digits)} [{num(low, digits)}, {num(high, digits)}]"
+
+    rows = []
+    for row in comparison_rows(aggregates):
+        rows.append([
+            row["strategy"], row["role"], row["seeds"],
+            f"{num(row['iterations_run'], 0)} / {num(row['budget_trial_iterations'], 0)}"
+            + ("" if row["comparable"] == "yes" else " (not comparable)"),
+            num(row["slots"], 0), interval(row, "best_eval_loss", 4), row["ranks"],
+            interval(row, "wall_s", 1), interval(row, "sum_runtime_s", 1), num(row["mean_concurrency"], 2),
+            f"{row['slot_utilization']:.0%}" if not math.isnan(row["slot_utilization"]) else "",
+            num(row["overhead_ratio"], 2), num(row["first_iteration_ratio"], 2), num(row["early_stop_avoided_s"]),
+            num(row["discarded_s"]), num(row["exploits"], 0), num(row["distinct_configs"], 0),
+        ])
+    return Table("comparison", "Strategies side by side (medians across seeds, [bootstrap 95% interval])",
+                 ["strategy", "role", "seeds", "iterations run / budget", "slots", "best eval_loss", "rank per seed",
+                  "wall (s)", "Σ trial runtime (s)", "trials at once (Σ/window)", "slot utilization",
+                  "overhead ratio", "1st/later iteration", "avoided by early stop (trial-s)",
+                  "discarded by exploits (trial-s)", "exploits", "distinct configs"], rows)
 
 
 def comparison_csv(aggregates: list[Any]) -> str:
@@ -184,8 +199,9 @@ def comparison_csv(aggregates: list[Any]) -> str:
 
 
 def runs_table(aggregates: list[Any]) -> Table:
-    rows = [[s.strategy, s.seed, s.iterations_run, round(s.wall_s, 1), round(s.setup_s, 1), round(s.trial_window_s, 1),
-             round(s.teardown_s, 1), round(s.sum_runtime_s, 1), s.best_eval_loss, s.run_dir]
+    rows = [[s.strategy, s.seed, s.iterations_run, *(f"{v:.1f}" for v in (s.wall_s, s.setup_s, s.trial_window_s,
+                                                                           s.teardown_s, s.sum_runtime_s)),
+             s.best_eval_loss, s.run_dir]
             for a in aggregates for s in a.runs]
     return Table("runs", "Every run: wall = set-up + trial window + teardown",
                  ["strategy", "seed", "iterations run", "wall (s)", "set-up (s)", "trial window (s)", "teardown (s)",
@@ -199,8 +215,8 @@ def phases_table(aggregates: list[Any]) -> Table:
     for a in aggregates:
         runs = a.runs
         per = {p: sum(s.phases.get(p, 0.0) for s in runs) / len(runs) for p in PHASES}
-        rows.append([a.strategy, *(round(per[p], 1) for p in PHASES), round(a["pure_s"], 1), round(a["overhead_s"], 1),
-                     round(a["overhead_ratio"], 2)])
+        rows.append([a.strategy, *(f"{per[p]:.1f}" for p in PHASES), f"{a['pure_s']:.1f}", f"{a['overhead_s']:.1f}",
+                     f"{a['overhead_ratio']:.2f}"])
     return Table("phases", "Where the trial time went (trial-seconds per run, mean across seeds)",
                  ["strategy", *PHASES, "pure train+eval", "overhead", "overhead ratio = wall / (pure / slots)"], rows)
 

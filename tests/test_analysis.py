@@ -169,6 +169,14 @@ def test_overlapping_intervals_are_not_distinguishable():
     assert pairwise(aggregate(runs)) == [("manual", "pbt", "not distinguishable with 2 seeds")]
 
 
+def test_one_seed_never_separates_however_far_apart():
+    runs = _seeds("manual", [5.0], [40]) + _seeds("pbt", [1.0], [10])
+    assert pairwise(aggregate(runs)) == [("manual", "pbt", "not distinguishable with 1 seed")]
+    by = {a.strategy: a for a in aggregate(runs)}
+    q2 = {v.option: v.holds for v in quiz.q2(by["pbt"], by["manual"], list(by.values()))}
+    assert q2["A"] == q2["B"] == "not distinguishable"
+
+
 def test_q2_a_follows_the_wall_times_and_flips_when_the_grid_is_ten_times_slower():
     pbt = _seeds("pbt", [1.0, 1.1], [20, 21], exploits=True)
     fast_grid = _seeds("manual", [1.2, 1.3], [12, 13], slots=1)

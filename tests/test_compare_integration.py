@@ -136,12 +136,27 @@ def _q2_a(text, candidate="pbt", manual="manual"):
     return re.search(r"^- \*\*A \(([^)]*)\)\*\*", section, re.M).group(1)
 
 
+def _reseeded(run_dir, dest, seed):
+    data = json.loads((run_dir / "run_record.json").read_text())
+    data["seed"] = seed
+    dest.mkdir()
+    (dest / "run_record.json").write_text(json.dumps(data))
+    return dest
+
+
 def test_verdicts_follow_the_numbers_a_ten_times_slower_grid_flips_q2_a(runs, tmp_path):
+    """Two seeds per side (the second a copy under another seed), as measured and with the grid's
+    record slowed ten times: PBT's Q2-A verdict turns from "no" (longer) to "partly" (shorter, but
+    it stopped nothing early)."""
     pbt_dir, manual_dir = runs["pbt"][0], runs["manual"][0]
-    fast = _q2_a((_compare(tmp_path, [pbt_dir, manual_dir], "as-measured") / "comparison.md").read_text())
-    slow_dir = _slowed(manual_dir, tmp_path / "manual-slow", 10)
-    slow = _q2_a((_compare(tmp_path, [pbt_dir, slow_dir], "slow-grid") / "comparison.md").read_text())
-    assert fast == "no" and slow == "partly"  # PBT stops nothing early: shorter at best "partly"
+    pbt = [pbt_dir, _reseeded(pbt_dir, tmp_path / "pbt-7", 7)]
+    manual = [manual_dir, _reseeded(manual_dir, tmp_path / "manual-7", 7)]
+    slow = [_slowed(d, tmp_path / f"{d.name}-slow", 10) for d in manual]
+    as_measured = _q2_a((_compare(tmp_path, pbt + manual, "as-measured") / "comparison.md").read_text())
+    slowed = _q2_a((_compare(tmp_path, pbt + slow, "slow-grid") / "comparison.md").read_text())
+    assert (as_measured, slowed) == ("no", "partly")
+    one_seed = _q2_a((_compare(tmp_path, [pbt_dir, manual_dir], "one-seed") / "comparison.md").read_text())
+    assert one_seed == "not distinguishable"
 
 
 def test_compare_aggregates_seeds(runs, tmp_path):
@@ -150,13 +165,7 @@ def test_compare_aggregates_seeds(runs, tmp_path):
     dirs = []
     for name in ("manual", "pbt"):
         run_dir = runs[name][0]
-        dirs.append(run_dir)
-        data = json.loads((run_dir / "run_record.json").read_text())
-        data["seed"] = 7
-        copy = tmp_path / f"{name}-seed7"
-        copy.mkdir()
-        (copy / "run_record.json").write_text(json.dumps(data))
-        dirs.append(copy)
+        dirs += [run_dir, _reseeded(run_dir, tmp_path / f"{name}-seed7", 7)]
     out = _compare(tmp_path, dirs)
     rows = {r["strategy"]: r for r in csv.DictReader(io.StringIO((out / "comparison.csv").read_text()))}
     assert set(rows) == {"manual", "pbt"}
