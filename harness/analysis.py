@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harness.records import RunRecord, TrialRecord
-from harness.train import HPARAMS, PURE_PHASES, phase_key
+from harness.train import HPARAMS, PHASES, PURE_PHASES, phase_key
 
 Interval = tuple[float, float]
 
@@ -197,8 +197,6 @@ def segment_iteration_times(record: RunRecord) -> tuple[list[float], list[float]
 
 def phase_seconds(record: RunRecord) -> dict[str, float]:
     """Σ seconds per phase over all rows (phases a record lacks count 0)."""
-    from harness.train import PHASES
-
     return {p: float(sum(row.get(phase_key(p)) or 0.0 for t in record.trials for row in t.history)) for p in PHASES}
 
 

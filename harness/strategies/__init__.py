@@ -93,10 +93,6 @@ def spec(name: str) -> Strategy:
     return REGISTRY[name]
 
 
-def check(name: str) -> None:
-    spec(name)
-
-
 def get(name: str) -> Callable[[StrategyContext], StrategyResult]:
     return importlib.import_module(spec(name).module).run
 
