@@ -72,7 +72,7 @@ def test_bad_environment_values_name_the_variable(env, needle):
 
 
 def test_unknown_preset_and_key():
-    with pytest.raises(ConfigError, match="preset='nope' is unknown; choose one of seed, smoke"):
+    with pytest.raises(ConfigError, match="preset='nope' is unknown; choose one of cpu, seed, smoke"):
         resolve("nope", env={})
     with pytest.raises(ConfigError, match="unknown key 'train.epochs'"):
         resolve("smoke", env={}, overrides={"train.epochs": "3"})

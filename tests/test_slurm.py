@@ -67,6 +67,7 @@ def _submit(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str) ->
         "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp / "jobs"), "HARNESS_LOGS_DIR": str(logs),
         "RESULTS_DIR": str(tmp / "results"), "NODE_IP": "127.0.0.2", "WORKER_NODE_IP": "127.0.0.3",
         "PRESET": "smoke", "NUM_WORKERS": "1", "WORKER_SBATCH_ARGS": "--cpus-per-task=1",
+        "HARNESS_ARGS": "--set budget.trial_iterations=12",  # a PBT population of 4
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_READY_TIMEOUT": "120",
         **extra_env,
     }
