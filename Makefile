@@ -65,7 +65,7 @@ bench-cpu: ## the compute-dominated CPU comparison: real SQuAD text, a wider tin
 	$(MAKE) bench-all compare PRESET=cpu
 
 compare: $(STAMP) ## compare the newest run of each strategy and seed of PRESET in RESULTS_DIR (or RUNS="dir dir ...")
-	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR) --preset $(PRESET)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S)
+	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR) --preset $(PRESET)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S) --ui-port $(MLFLOW_PORT)
 
 test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smoke scale)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -80,7 +80,8 @@ bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time, memory, slot utilizati
 	mkdir -p $(RESULTS_DIR)/benchmarks
 	$(PY) -m pytest benchmarks --benchmark-json=$(RESULTS_DIR)/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
 
-mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000)
+mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000); prints where to look
+	$(PY) -m harness ui-urls --results-dir $(RESULTS_DIR) --port $(MLFLOW_PORT)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 submit-pbt: $(STAMP) ## submit the SLURM head job (SUBMIT_PRESET=seed, NUM_WORKERS, CPUS_PER_NODE, GPUS_PER_NODE)

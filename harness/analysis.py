@@ -233,6 +233,7 @@ class Summary:
     trial_window_s: float
     teardown_s: float
     sum_runtime_s: float
+    sum_over_wall: float  # Σ trial runtime / wall: how much shorter than its trials the job was
     mean_concurrency: float  # Σ trial runtime / trial window
     peak_concurrency: int
     slots: int
@@ -295,6 +296,7 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         trial_window_s=trial_window,
         teardown_s=record.finished_at - last_busy,
         sum_runtime_s=total,
+        sum_over_wall=total / wall if wall > 0 else math.nan,
         mean_concurrency=total / trial_window if trial_window > 0 else 0.0,
         peak_concurrency=peak,
         slots=slots,
@@ -351,7 +353,7 @@ def estimate(values: Sequence[float], rng: random.Random) -> Estimate:
 #: Figures aggregated per strategy with an interval.
 ESTIMATED = ("best_eval_loss", "wall_s", "sum_runtime_s")
 #: Figures aggregated per strategy as a median across seeds.
-MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "slot_utilization", "wall_utilization",
+MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall", "slot_utilization", "wall_utilization",
            "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
            "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
            "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",

@@ -69,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness import runner
 
     cfg = _config_from(args)
-    outcome = runner.run(cfg, ray_address=args.ray_address)  # its pre-flight refuses bad input first
+    outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose)  # pre-flight refuses bad input first
     print(outcome.tables_markdown)
     print(f"run folder: {outcome.run_dir}")
     print(f"MLflow: {outcome.record.mlflow_run_id} in {_tracking_uri(cfg)} (make mlflow-ui)")
@@ -235,6 +235,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                             tags={"presets": ",".join(sorted(presets))})
     print(text)
     print(f"comparison: {out} (MLflow run {run_id})")
+    _print_ui_urls(results_dir, args.ui_port)
+    return 0
+
+
+def _print_ui_urls(results_dir: Any, port: int) -> None:
+    from harness.tracking import tracking_uri, ui_urls
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        print(f"MLflow: {tracking_uri(results_dir)} (open its UI to see the runs)")
+        return
+    print(f"In the MLflow UI (make mlflow-ui, port {port}):")
+    for what, url in ui_urls(results_dir, port):
+        print(f"  {what}:\n    {url}")
+
+
+def _cmd_ui_urls(args: argparse.Namespace) -> int:
+    _print_ui_urls(args.results_dir, args.port)
     return 0
 
 
@@ -245,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(run)
     run.add_argument("--ray-address", default="local",
                      help='"local" starts a private Ray (default); or the address of a running cluster')
+    run.add_argument("--verbose", action="store_true",
+                     help="also print Ray's trial table, the trial processes' output and every library's INFO lines "
+                          "(they always go to the run folder: harness.log, logs/)")
     run.set_defaults(fn=_cmd_run)
     show = sub.add_parser("config", help="print the resolved configuration (and validate it)")
     _config_args(show)
@@ -273,7 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use the newest run of each strategy and seed in this folder")
     cmp_.add_argument("--preset", help="with --latest: only runs of this preset")
     cmp_.add_argument("--out", help="folder for comparison.md/.csv and the plots")
+    cmp_.add_argument("--ui-port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)),
+                      help="the MLflow UI's port in the printed URLs [env MLFLOW_PORT, 5000]")
     cmp_.set_defaults(fn=_cmd_compare)
+    urls = sub.add_parser("ui-urls", help="the MLflow UI URLs of the runs tables and the newest comparison")
+    urls.add_argument("--results-dir", default="results")
+    urls.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))
+    urls.set_defaults(fn=_cmd_ui_urls)
     box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")
     box_sub = box.add_subparsers(dest="container_command", required=True, parser_class=_Parser)
     lint = box_sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")
@@ -285,9 +311,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console_logging(verbose: bool) -> None:
+    """The harness's own lines on the console, other libraries' only from WARNING on (all of them
+    with --verbose); the run's log file (runner) takes everything from INFO on either way."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported, later
+
+        def quiet(record: logging.LogRecord) -> bool:
+            return record.name.startswith("harness") or record.levelno >= logging.WARNING
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _console_logging(verbose=getattr(args, "verbose", False))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.fn(args)

@@ -28,7 +28,7 @@ LOCK_IN_IMAGE = "/opt/harness/requirements.lock"
 #: The torch build the image installs (CUDA 12.6 still covers V100 as well as H100/H200).
 TORCH_LOCAL_LABEL = "cu126"
 #: Only the tests need these; the image does not carry them.
-TEST_ONLY = {"pytest", "pytest-benchmark", "iniconfig", "pluggy", "py-cpuinfo2"}
+TEST_ONLY = {"pytest", "pytest-benchmark", "iniconfig", "pluggy", "py-cpuinfo2", "playwright", "greenlet"}
 
 SECTIONS = {"setup", "files", "environment", "post", "runscript", "startscript", "test", "labels", "help",
             "arguments"}

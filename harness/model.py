@@ -108,6 +108,9 @@ def build_tiny_bloom(cfg: ModelConfig, seed: int, out_dir: str | Path) -> Path:
     torch.manual_seed(seed)
     model = BloomForCausalLM(config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar for a one-shard tiny model
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -26,6 +26,13 @@ HISTORY_KEYS = (
 )
 
 
+def short_id(trial_id: str) -> str:
+    """``c01``, ``c02``...: the trial's number in its run (Ray's ``trainable_3e890_00003`` and the
+    grid's ``manual_00003`` both end in their 0-based index), for names a person can read."""
+    tail = trial_id.rsplit("_", 1)[-1]
+    return f"c{int(tail) + 1:02d}" if tail.isdigit() else trial_id
+
+
 @dataclass
 class TrialRecord:
     trial_id: str

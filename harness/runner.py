@@ -15,7 +15,7 @@ from pathlib import Path
 from harness import strategies
 from harness.capacity import CapacityError, Node, TrialShape, plan
 from harness.config import ConfigError, ExperimentConfig
-from harness.records import RunRecord
+from harness.records import RunRecord, short_id
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,8 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
     import torch
 
     gpus = torch.cuda.device_count()
+    if gpus == 0:  # else DeepSpeed, imported by transformers, warns in every process that it chose the CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if cfg.train.fp16 and gpus == 0 and ray_address == "local":
         raise ConfigError(
             "train.fp16=true needs a CUDA GPU and this machine has none; "
@@ -77,6 +79,51 @@ def _run_dir(cfg: ExperimentConfig) -> Path:
     return run_dir
 
 
+class Progress:
+    """A sink that logs one line per reported iteration: how much of the budget is spent, the
+    trial, its metric, and the best so far (on the console instead of Ray's trial table)."""
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.metric, self.mode = cfg.tune.metric, cfg.tune.mode
+        self.budget, self.planned = cfg.budget_iterations(), cfg.train.iterations
+        self.spent = 0
+        self.best: tuple[float, str] | None = None
+        self.log = logging.getLogger("harness.progress")
+
+    def trial_started(self, trial_id: str, name: str, config: dict) -> None:
+        pass
+
+    def trial_result(self, trial_id: str, result: dict) -> None:
+        self.spent += 1
+        value = result.get(self.metric)
+        who = short_id(trial_id)
+        if value is not None and (self.best is None or (value < self.best[0] if self.mode == "min"
+                                                       else value > self.best[0])):
+            self.best = (float(value), who)
+        donor = result.get("exploited_from")
+        self.log.info(
+            "%3d/%d iterations  %s it %s/%d  %s %.4f  lr %.2e bs %s wd %g%s  best %.4f (%s)",
+            self.spent, self.budget, who, result.get("iteration"), self.planned, self.metric, float("nan") if value is None else value,
+            result.get("lr") or float("nan"), result.get("per_device_train_batch_size"), result.get("weight_decay") or 0,
+            f"  (from {short_id(donor)}'s checkpoint)" if donor else "",
+            self.best[0] if self.best else float("nan"), self.best[1] if self.best else "-",
+        )
+
+    def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
+        if status != "TERMINATED":
+            last = error.strip().splitlines()[-1] if error.strip() else "no error message"
+            self.log.warning("%s ended %s: %s", short_id(trial_id), status, last)
+
+
+def _log_to(run_dir: Path) -> logging.Handler:
+    """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``."""
+    handler = logging.FileHandler(run_dir / "harness.log")
+    handler.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
 def summary_metrics(record: RunRecord) -> dict[str, float]:
     """The run's headline figures for its MLflow parent run (from the same analysis as the report)."""
     from harness.analysis import summarize
@@ -89,20 +136,29 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
     return Path(os.environ.get("HARNESS_CACHE") or Path(cfg.results_dir) / ".cache").resolve()
 
 
-def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
+def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = False) -> Outcome:
+    preflight(cfg, ray_address)
+    cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
+    run_dir = _run_dir(cfg)
+    handler = _log_to(run_dir)
+    try:
+        return _run(cfg, run_dir, ray_address, verbose)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool) -> Outcome:
     from harness.data import prepare
     from harness.model import load_tokenizer, resolve_model_path
     from harness.provenance import provenance
     from harness.report import write_tables
     from harness.tracking import Tracker
 
-    preflight(cfg, ray_address)
-    cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
-    run_dir = _run_dir(cfg)
     (run_dir / "config.json").write_text(cfg.to_json())
     record = RunRecord(strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed, config=cfg.to_dict(),
                        started_at=time.time(), budget_trial_iterations=cfg.budget_iterations())
-    log.info("run folder: %s", run_dir)
+    log.info("run folder: %s (full log: harness.log, trial processes: logs/)", run_dir)
 
     cache = cache_dir(cfg)
     model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
@@ -114,7 +170,8 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local") -> Outcome:
     with Tracker(cfg, run_dir, tags=provenance()) as tracker:
         record.mlflow_run_id = tracker.parent_id
         ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
-                                         cache_dir=str(cache), ray_address=ray_address, sinks=[record, tracker])
+                                         cache_dir=str(cache), ray_address=ray_address,
+                                         sinks=[record, tracker, Progress(cfg)], verbose=verbose)
         try:
             record.slots = strategy(ctx).slots
         finally:

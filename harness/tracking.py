@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,17 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
+from harness.records import short_id  # noqa: E402
 from harness.train import HPARAMS, PHASES, phase_key  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+#: Medians logged on a comparison's strategy-summary runs, beside best_eval_loss (with its
+#: interval), wall_s and sum_runtime_s.
+SUMMARY_MEDIANS = ("budget_trial_iterations", "iterations_run", "sum_over_wall", "slot_utilization", "overhead_ratio")
+
+#: MLflow shows this tag as a run's description.
+DESCRIPTION = "mlflow.note.content"
 
 #: Metrics logged per iteration (step = the trial's own iteration count).
 ITERATION_METRICS = (
@@ -74,11 +83,23 @@ class Tracker:
 
     # -- parent run ------------------------------------------------------------------------
 
+    @property
+    def run_name(self) -> str:
+        return f"{self.cfg.strategy} · {Path(self.cfg.preset).stem} · seed {self.cfg.seed} · {time.strftime('%Y-%m-%d %H:%M')}"
+
+    def description(self) -> str:
+        cfg = self.cfg
+        return (f"One `{cfg.strategy}` run of the `{Path(cfg.preset).stem}` preset, seed {cfg.seed}: a budget of "
+                f"{cfg.budget_iterations()} trial-iterations of {cfg.train.iterations} per trial. Child runs are its "
+                f"trials (c01, c02, ...); metrics here are the run's totals (wall_s, sum_runtime_s, slot_utilization, "
+                f"best_eval_loss, ...). Run folder: {self.run_dir.resolve()}")
+
     def __enter__(self) -> Tracker:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=self.run_dir.name,
+            run_name=self.run_name,
             tags={"strategy": self.cfg.strategy, "preset": self.cfg.preset, "seed": str(self.cfg.seed),
+                  DESCRIPTION: self.description(),
                   "run_dir": str(self.run_dir.resolve()), **self.tags},
         )
         self.parent_id = run.info.run_id
@@ -110,10 +131,17 @@ class Tracker:
     def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
         if trial_id in self.children:  # PBT restarts an exploited trial: same child run
             return
+        hp = ", ".join(f"{k}={config[k]:g}" if isinstance(config.get(k), float) else f"{k}={config.get(k)}"
+                       for k in HPARAMS if k in config)
         run = self.client.create_run(
             self.experiment_id,
-            run_name=name,
-            tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id, "strategy": self.cfg.strategy},
+            run_name=short_id(trial_id),
+            tags={"mlflow.parentRunId": self.parent_id, "trial_id": trial_id, "ray_trial_id": trial_id,
+                  "strategy": self.cfg.strategy,
+                  DESCRIPTION: f"Trial {short_id(trial_id)} ({name}) of the {self.cfg.strategy} run "
+                               f"'{self.run_name}', started with {hp}. Per-iteration metrics: eval_loss, train_loss, "
+                               "the current lr / batch size / weight decay (PBT mutates them) and where the time "
+                               "went (phase_*_s)."},
         )
         self.children[trial_id] = run.info.run_id
         params = [Param(k, str(config[k])) for k in HPARAMS if k in config]
@@ -164,20 +192,33 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
     so the MLflow UI can put the strategies side by side; returns the comparison run's id."""
     client = MlflowClient(tracking_uri=tracking_uri(results_dir))
     experiment_id = _experiment_id(client, experiment, results_dir)
-    parent = client.create_run(experiment_id, run_name=f"comparison-{time.strftime('%Y%m%d-%H%M%S')}",
-                               tags={"kind": "comparison", "strategies": ",".join(a.strategy for a in aggregates),
-                                     **tags})
+    seeds = sorted({seed for a in aggregates for seed in a.seeds})
+    parent = client.create_run(
+        experiment_id, run_name=f"comparison · seeds {' '.join(map(str, seeds))} · {time.strftime('%Y-%m-%d %H:%M')}",
+        tags={"kind": "comparison", "strategies": ",".join(a.strategy for a in aggregates), **tags,
+              DESCRIPTION: f"Comparison of {', '.join(a.strategy for a in aggregates)} over seeds "
+                           f"{' '.join(map(str, seeds))}. Each child run is one strategy's medians across seeds "
+                           "(with _ci_low/_ci_high bootstrap intervals); select them all and press Compare, or open "
+                           "the compare URL that `make compare` prints. Artifacts: comparison.md, CSV, plots."})
     pid = parent.info.run_id
     try:
         for a in aggregates:
-            child = client.create_run(experiment_id, run_name=f"summary: {a.strategy}",
+            child = client.create_run(experiment_id, run_name=f"{a.strategy} (seeds {' '.join(map(str, a.seeds))})",
                                       tags={"mlflow.parentRunId": pid, "kind": "strategy-summary",
+                                            DESCRIPTION: f"{a.strategy}: medians across seeds "
+                                                         f"{' '.join(map(str, a.seeds))} of the runs listed in "
+                                                         "the run_dirs tag; budget "
+                                                         + ("comparable" if a.comparable else "NOT comparable"),
                                             "strategy": a.strategy, "seeds": " ".join(map(str, a.seeds)),
                                             "budget_comparable": str(a.comparable).lower(),
                                             "run_dirs": "\n".join(s.run_dir for s in a.runs)[:5000]})
-            metrics = dict(a.medians)
+            # only what answers the question, so the compare view shows it without scrolling far;
+            # every other figure is in the comparison run's comparison.csv
+            metrics = {key: a.medians[key] for key in SUMMARY_MEDIANS}
             for key, est in a.estimates.items():
-                metrics.update({key: est.median, f"{key}_ci_low": est.low, f"{key}_ci_high": est.high})
+                metrics[key] = est.median
+            est = a.estimates["best_eval_loss"]
+            metrics.update(best_eval_loss_ci_low=est.low, best_eval_loss_ci_high=est.high)
             ts = _now_ms()
             client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
                                                          if v is not None and not math.isnan(float(v))])
@@ -189,3 +230,25 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
         raise
     client.set_terminated(pid)
     return pid
+
+
+def ui_urls(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list[tuple[str, str]]:
+    """(what, URL) for every experiment's runs table and for the compare view of its newest
+    comparison's strategy summaries (the MLflow 3.17 routes that land on runs, not on the GenAI
+    overview page)."""
+    client = MlflowClient(tracking_uri=tracking_uri(results_dir))
+    base = f"http://{host}:{port}/#"
+    out = []
+    for exp in client.search_experiments():
+        if not client.search_runs([exp.experiment_id], max_results=1):
+            continue  # MLflow's empty Default experiment
+        runs = client.search_runs([exp.experiment_id], "tags.kind = 'comparison'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        out.append((f"{exp.name}: training runs", f"{base}/experiments/{exp.experiment_id}/runs"))
+        if runs:
+            children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
+            ids = json.dumps([r.info.run_id for r in sorted(children, key=lambda r: r.info.start_time)])
+            query = urllib.parse.urlencode({"runs": ids, "experiments": json.dumps([exp.experiment_id])})
+            out.append((f"{exp.name}: the strategies side by side ({runs[0].info.run_name})",
+                        f"{base}/compare-runs?{query}"))
+    return out

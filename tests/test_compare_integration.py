@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -226,3 +229,107 @@ def test_synchronous_pbt_with_a_fixed_seed_repeats_its_exploit_decisions(smoke_p
     assert first, "the smoke PBT run exploited nothing"
     assert first == second
     assert _restored(first_dir) == _restored(second_dir)
+
+
+READ_METRICS = """async () => {
+  // The compare view's Metrics section: a grid of names beside a grid of values, both virtualized
+  // (react-virtualized renders only the cells in view), so scroll through both, match rows by
+  // their offset, and key each value by its column offset (one column per run, in URL order).
+  const grids = [...document.querySelectorAll('.ReactVirtualized__Grid')];
+  const names = grids.find(g => g.innerText.includes('best_eval_loss'));
+  const values = grids[grids.indexOf(names) + 1];
+  const seen = {};
+  for (let y = 0; y <= names.scrollHeight; y += 150) {
+    for (let x = 0; x <= values.scrollWidth; x += 150) {
+      names.scrollTop = y; values.scrollTop = y; values.scrollLeft = x;
+      await new Promise(r => setTimeout(r, 100));
+      const rows = {};
+      for (const c of names.querySelectorAll('[style*="top"]')) rows[c.style.top] = c.innerText.trim();
+      for (const c of values.querySelectorAll('[style*="top"]')) {
+        const name = rows[c.style.top];
+        if (name) (seen[name] = seen[name] || {})[parseInt(c.style.left)] = c.innerText.trim();
+      }
+    }
+  }
+  return seen;
+}"""
+
+
+@pytest.fixture
+def mlflow_server(runs):
+    """A real `mlflow server` on 127.0.0.1 over the store the comparison runs wrote."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = runs["manual"][0].parent / "mlflow.db"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not answer on port {port}") from None
+                time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_browser(runs, mlflow_server,
+                                                                                       tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "comparison"
+    done = run_harness(tmp_path, *(str(runs[name][0]) for name in runs), "--out", str(out),
+                       "--ui-port", str(mlflow_server), command="compare")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    url = next(lines[i + 1].strip() for i, line in enumerate(lines) if "the strategies side by side" in line)
+    assert url.startswith(f"http://127.0.0.1:{mlflow_server}/#/compare-runs?")
+    expected = {r["strategy"]: r for r in csv.DictReader(io.StringIO((out / "comparison.csv").read_text()))}
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
+                                                                    "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1200})
+            page.goto(url)
+            page.get_by_text(f"Comparing {len(expected)} Runs", exact=False).first.wait_for(timeout=60_000)
+            page.get_by_text("best_eval_loss_ci_high", exact=True).first.wait_for(timeout=60_000)
+            run_names = page.locator("tr", has_text="Run Name:").first.locator("td, th").all_inner_texts()[1:]
+            shown = page.evaluate(READ_METRICS)
+            page.screenshot(path=str(tmp_path / "compare-view.png"), full_page=True)
+        finally:
+            browser.close()
+
+    strategies_shown = [name.split(" (")[0] for name in run_names]
+    assert sorted(strategies_shown) == sorted(expected), run_names
+    columns = sorted(shown["best_eval_loss"])  # one x offset per run, in the order of run_names
+    assert len(columns) == len(expected)
+    for column, strategy in zip(columns, strategies_shown):
+        row = expected[strategy]
+        for metric, csv_column in (("best_eval_loss", "best_eval_loss_median"), ("wall_s", "wall_s_median"),
+                                   ("sum_runtime_s", "sum_runtime_s_median"),
+                                   ("budget_trial_iterations", "budget_trial_iterations"),
+                                   ("slot_utilization", "slot_utilization")):
+            # MLflow shows about four significant digits (three decimals below 1)
+            value = float(row[csv_column])
+            assert abs(float(shown[metric][str(column)]) - value) <= max(5.01e-4, 1e-3 * abs(value)), \
+                (strategy, metric, shown[metric])

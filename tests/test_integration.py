@@ -135,3 +135,35 @@ def test_every_iteration_records_where_its_time_went(smoke):
                  if r.data.tags.get("mlflow.parentRunId") == record.mlflow_run_id)
     history = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_metric_history(child.info.run_id, "phase_train_s")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_the_console_shows_progress_and_the_tables_once_and_no_warning_a_user_cannot_act_on(smoke):
+    done, _, run_dir, record = smoke
+    console = done.stdout + done.stderr
+    assert "accelerator to CPU" not in console and "tensorboard" not in console.lower()
+    assert console.count("### Best trial") == 1 and console.count("### Trials") == 1
+    progress = [line for line in console.splitlines() if "harness.progress" in line]
+    assert len(progress) == sum(len(t.history) for t in record.trials) == 12
+    assert progress[-1].split("harness.progress:")[1].split()[0] == "12/12"
+    assert f"run folder: {run_dir}" in console
+    # the rest went to the run folder
+    assert "harness.progress" in (run_dir / "harness.log").read_text()
+    assert any((run_dir / "logs" / "ray").glob("worker-*.err"))
+
+
+def test_mlflow_runs_have_readable_names_descriptions_and_ui_urls(smoke):
+    from harness.tracking import DESCRIPTION, ui_urls
+
+    _, results, _, record = smoke
+    runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
+    parent = next(r for r in runs if r.info.run_id == record.mlflow_run_id)
+    assert parent.info.run_name.startswith("pbt · smoke · seed 42 · ")
+    assert "budget of 12 trial-iterations" in parent.data.tags[DESCRIPTION]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == record.mlflow_run_id]
+    assert sorted(r.info.run_name for r in children) == ["c01", "c02", "c03", "c04"]
+    for child in children:
+        assert child.data.tags["ray_trial_id"].endswith(f"_{int(child.info.run_name[1:]) - 1:05d}")
+        assert child.data.tags[DESCRIPTION].startswith(f"Trial {child.info.run_name} ")
+    urls = dict(ui_urls(results, 5123))
+    experiment = runs[0].info.experiment_id
+    assert urls["hpo-smoke: training runs"] == f"http://127.0.0.1:5123/#/experiments/{experiment}/runs"

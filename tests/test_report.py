@@ -70,3 +70,11 @@ def test_tables_are_written_as_markdown_and_csv_and_the_record_round_trips(tmp_p
     assert rec.exploits() == [{"trial": "b", "donor": "a", "from_iteration": 1,
                                "config": {"lr": 1.2e-4, "per_device_train_batch_size": 2, "weight_decay": 0.01}}]
     assert not math.isnan(rec.trials[0].eval_loss)
+
+
+def test_short_ids_number_the_trials_of_a_run_from_c01():
+    from harness.records import short_id
+
+    assert [short_id(t) for t in ("trainable_3e890_00000", "trainable_3e890_00011", "manual_00002")] == \
+        ["c01", "c12", "c03"]
+    assert short_id("odd-name") == "odd-name"

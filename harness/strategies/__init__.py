@@ -80,6 +80,8 @@ class StrategyContext:
     ray_address: str = "local"
     sinks: list[Any] = field(default_factory=list)
     """Receivers of trial_started / trial_result / trial_ended (the RunRecord, the MLflow tracker)."""
+    verbose: bool = False
+    """Ray's own trial table and every trial process's output on the console (else: in the run folder)."""
 
 
 def names() -> list[str]:

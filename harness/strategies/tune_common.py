@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from harness.train import trainable
 SLOT_RESOURCE = "harness_trial_slot"
 
 
-def init_ray(address: str, slots: int = 0) -> None:
+def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     """Start (``address="local"``) or join Ray.
 
     ``local`` always starts a private instance: a bare ``ray.init()`` would join whatever
@@ -33,9 +34,15 @@ def init_ray(address: str, slots: int = 0) -> None:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled" if address == "local" else "token")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's newer console output prints an experiment box and a TensorBoard hint even when silent;
+    # the classic reporter at verbose=0 prints nothing (the harness logs a line per iteration)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    # Trial processes' output (per-checkpoint lines, library warnings) goes to Ray's log files, which
+    # the run folder receives at the end (copy_ray_logs); --verbose streams it to the console too.
+    kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                                  log_to_driver=verbose)
     if os.environ.get("RAY_NODE_IP"):  # the head job's address (127.0.0.1 would not match the raylet)
         kwargs["_node_ip_address"] = os.environ["RAY_NODE_IP"]
     if address == "local" and slots:
@@ -153,7 +160,9 @@ class KeepActorsWarm:
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         trials = tune_controller.get_trials()
         if self.warm_slots and trials and not getattr(self, "_warmed", False):
-            tune_controller._actor_cache.increase_max(trials[0].placement_group_factory, by=self.warm_slots)
+            # schedulers get a wrapper that warns on private attributes; the controller is behind it
+            controller = getattr(tune_controller, "_tune_controller", tune_controller)
+            controller._actor_cache.increase_max(trials[0].placement_group_factory, by=self.warm_slots)
             self._warmed = True
         return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
 
@@ -168,7 +177,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     num_samples = 1 if spec.trials == strategies.TRIALS_GRID else spec.planned_trials(cfg)
     until_spent = spec.trials == strategies.TRIALS_UNTIL_SPENT
     local = ctx.ray_address == "local"
-    init_ray(ctx.ray_address, cfg.budget.slots if local else 0)
+    init_ray(ctx.ray_address, cfg.budget.slots if local else 0, ctx.verbose)
     seed_everything(cfg.seed)
     budget = cfg.budget_iterations()
     fn = tune.with_parameters(
@@ -196,11 +205,34 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             failure_config=tune.FailureConfig(max_failures=0),
             stop=BudgetStopper(cfg.train.iterations, search),
             callbacks=[SinkCallback(ctx.sinks)],
-            verbose=1,
+            verbose=1 if ctx.verbose else 0,  # the harness prints one line per iteration instead
         ),
     )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
     return StrategyResult(slots=slots)
+
+
+def copy_ray_logs(dest: Path) -> None:
+    """The trial processes' stdout/stderr (Ray's worker-*.out/err of this session) into ``dest``.
+
+    Ray keeps them under its session folder in /tmp, which the next ``ray.init`` on the machine
+    moves on from; the run folder is where a user looks. Only this node's files: on a cluster the
+    other nodes' stay in their own session folders.
+    """
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)  # private: guarded, a copy is best effort
+    if node is None:
+        return
+    logs = Path(node.get_session_dir_path()) / "logs"
+    files = [p for p in logs.glob("worker-*") if p.suffix in (".out", ".err") and p.stat().st_size]
+    if files:
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.copy2(path, dest / path.name)
 
 
 class SinkCallback(Callback):
