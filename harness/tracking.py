@@ -34,6 +34,16 @@ log = logging.getLogger(__name__)
 #: interval), wall_s and sum_runtime_s.
 SUMMARY_MEDIANS = ("budget_trial_iterations", "iterations_run", "sum_over_wall", "slot_utilization", "overhead_ratio")
 
+#: The runs-table columns that answer the question, as a view MLflow 3.15+ opens from a URL: the
+#: UI reads a shared view's state from the experiment tag ``mlflow.sharedViewState.<key>`` (plain
+#: JSON is accepted) when the page has ``?viewStateShareKey=<key>``.
+RUNS_VIEW_KEY = "harness-runs"
+RUNS_VIEW_COLUMNS = (
+    "tags.`strategy`", "tags.`preset`", "tags.`seed`", "metrics.`best_eval_loss`", "metrics.`eval_loss`",
+    "metrics.`wall_s`", "metrics.`sum_runtime_s`", "metrics.`slot_utilization`", "metrics.`budget_trial_iterations`",
+    "metrics.`iterations_run`",
+)
+
 #: MLflow shows this tag as a run's description.
 DESCRIPTION = "mlflow.note.content"
 
@@ -64,7 +74,11 @@ def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> 
     if experiment is not None:
         return experiment.experiment_id
     location = None if os.environ.get("MLFLOW_TRACKING_URI") else (Path(results_dir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    experiment_id = client.create_experiment(name, artifact_location=location)
+    state = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False,
+             "selectedColumns": list(RUNS_VIEW_COLUMNS), "runsExpanded": {}}
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{RUNS_VIEW_KEY}", json.dumps(state))
+    return experiment_id
 
 
 class Tracker:
@@ -244,7 +258,8 @@ def ui_urls(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list
             continue  # MLflow's empty Default experiment
         runs = client.search_runs([exp.experiment_id], "tags.kind = 'comparison'", order_by=["attributes.start_time DESC"],
                                   max_results=1)
-        out.append((f"{exp.name}: training runs", f"{base}/experiments/{exp.experiment_id}/runs"))
+        view = f"?viewStateShareKey={RUNS_VIEW_KEY}" if f"mlflow.sharedViewState.{RUNS_VIEW_KEY}" in exp.tags else ""
+        out.append((f"{exp.name}: training runs", f"{base}/experiments/{exp.experiment_id}/runs{view}"))
         if runs:
             children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{runs[0].info.run_id}'")
             ids = json.dumps([r.info.run_id for r in sorted(children, key=lambda r: r.info.start_time)])

@@ -302,6 +302,7 @@ def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     url = next(lines[i + 1].strip() for i, line in enumerate(lines) if "the strategies side by side" in line)
+    runs_url = next(lines[i + 1].strip() for i, line in enumerate(lines) if "training runs" in line)
     assert url.startswith(f"http://127.0.0.1:{mlflow_server}/#/compare-runs?")
     expected = {r["strategy"]: r for r in csv.DictReader(io.StringIO((out / "comparison.csv").read_text()))}
 
@@ -316,9 +317,21 @@ def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_
             run_names = page.locator("tr", has_text="Run Name:").first.locator("td, th").all_inner_texts()[1:]
             shown = page.evaluate(READ_METRICS)
             page.screenshot(path=str(tmp_path / "compare-view.png"), full_page=True)
+            # the runs table opens with the harness's columns chosen
+            page.goto(runs_url)
+            page.get_by_text("Training runs", exact=True).first.wait_for(timeout=60_000)
+            header = [h.strip() for h in page.get_by_role("columnheader").all_inner_texts()]
+            for _ in range(60):
+                if {"best_eval_loss", "wall_s", "slot_utilization"} <= set(header):
+                    break
+                page.wait_for_timeout(500)
+                header = [h.strip() for h in page.get_by_role("columnheader").all_inner_texts()]
         finally:
             browser.close()
 
+    # (the tag columns follow further right, outside the grid's rendered width)
+    assert {"best_eval_loss", "wall_s", "sum_runtime_s", "slot_utilization", "budget_trial_iterations"} <= set(header), \
+        header
     strategies_shown = [name.split(" (")[0] for name in run_names]
     assert sorted(strategies_shown) == sorted(expected), run_names
     columns = sorted(shown["best_eval_loss"])  # one x offset per run, in the order of run_names

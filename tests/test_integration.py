@@ -166,4 +166,5 @@ def test_mlflow_runs_have_readable_names_descriptions_and_ui_urls(smoke):
         assert child.data.tags[DESCRIPTION].startswith(f"Trial {child.info.run_name} ")
     urls = dict(ui_urls(results, 5123))
     experiment = runs[0].info.experiment_id
-    assert urls["hpo-smoke: training runs"] == f"http://127.0.0.1:5123/#/experiments/{experiment}/runs"
+    assert urls["hpo-smoke: training runs"] == \
+        f"http://127.0.0.1:5123/#/experiments/{experiment}/runs?viewStateShareKey=harness-runs"
