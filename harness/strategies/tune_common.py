@@ -1,4 +1,4 @@
-"""What every Ray Tune strategy shares: Ray start-up, the search space, trial resources, the Tuner."""
+"""What every Ray Tune strategy shares: Ray start-up, trial resources, the budget-aware searcher and stopper, the Tuner."""
 
 from __future__ import annotations
 
