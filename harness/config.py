@@ -39,6 +39,27 @@ class ConfigError(ValueError):
     """A configuration value is unusable; the message says which, why and how to fix it."""
 
 
+#: Legacy bare hub dataset names and their canonical ``namespace/name`` ids.
+CANONICAL_DATASETS = {full.split("/")[1]: full for full in ("rajpurkar/squad", "rajpurkar/squad_v2")}
+
+
+def hub_dataset_problem(source: str, origin: str = "data.source") -> str:
+    """Why a ``hub:<name>`` source cannot load, or "" when it can be tried.
+
+    The pinned datasets 5.2 with its huggingface_hub refuses a name without a namespace
+    (``HfUriError: Repository id must be 'namespace/name'``, huggingface/datasets#8612), and on
+    SLURM that surfaced only in the driver, after Ray was up. A local dataset folder is fine.
+    """
+    name = source.removeprefix("hub:")
+    if not name:
+        return f"{origin}='hub:' names no dataset; use hub:rajpurkar/squad or hub:<local dataset folder>"
+    if "/" in name or Path(name).exists():
+        return ""
+    fix = CANONICAL_DATASETS.get(name, f"<namespace>/{name}")
+    return (f"{origin}={source!r} is a bare hub name, which the pinned datasets library refuses "
+            f"(huggingface/datasets#8612); write hub:{fix}")
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """What the strategies search over (and PBT mutates). It owns every form the space takes: the
@@ -143,7 +164,7 @@ class ModelConfig:
 class DataConfig:
     source: str = "synthetic"
     """``synthetic`` (deterministic offline generator), ``hub:<dataset name or local dataset
-    folder>`` (through ``datasets.load_dataset``, e.g. ``hub:squad``), or a path to a SQuAD
+    folder>`` (through ``datasets.load_dataset``, e.g. ``hub:rajpurkar/squad``), or a path to a SQuAD
     JSON file in the official v1.1/v2.0 layout."""
     train_samples: int = 1000
     """Training examples kept after preprocessing."""
@@ -453,6 +474,9 @@ def validate(cfg: ExperimentConfig, origins: Mapping[str, str] | None = None) ->
         f"grid ({len(s.bs_choices)} batch sizes x {len(s.wd_choices)} weight decays x {cfg.train.iterations} "
         f"iterations = {per_lr}); use 0 (the grid's budget) or a multiple of {per_lr}",
     )
+    if cfg.data.source.startswith("hub:"):
+        problem = hub_dataset_problem(cfg.data.source, o["data.source"])
+        _check(not problem, problem)
     _check(bool(cfg.strategy), f"{o['strategy']} is empty; name one with --strategy (python -m harness strategies)")
     return cfg
 

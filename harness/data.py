@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from harness.config import ConfigError, DataConfig
+from harness.config import ConfigError, DataConfig, hub_dataset_problem
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def read_squad_json(path: str | Path) -> list[list[dict[str, Any]]]:
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"data.source={str(path)!r} does not exist; give a SQuAD JSON file, synthetic or hub:squad") from None
+        raise DataError(f"data.source={str(path)!r} does not exist; give a SQuAD JSON file, synthetic or hub:rajpurkar/squad") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"data.source={str(path)!r} is not JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
@@ -94,7 +94,7 @@ def _split_groups(groups: list[list[dict[str, Any]]], eval_fraction: float, seed
 
 
 def load_hub(name: str, split: str) -> Iterable[dict[str, Any]]:
-    """A split of a hub dataset (``squad``) or a local dataset folder, through ``datasets``.
+    """A split of a hub dataset (``rajpurkar/squad``) or a local dataset folder, through ``datasets``.
 
     ``datasets`` honours ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` and its cache, so a machine
     without network works once the dataset is cached.
@@ -165,17 +165,17 @@ def synthetic_squad(seed: int, split: str) -> Iterator[dict[str, Any]]:
 def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1) -> dict[str, Iterable[dict[str, Any]]]:
     """Records per split (``train``, ``validation``) from ``source``.
 
-    ``synthetic``: the offline generator; ``hub:<name>``: ``datasets.load_dataset(name)``, e.g.
-    ``hub:squad`` or ``hub:/path/to/dataset_folder``; anything else: a SQuAD JSON file, split by
+    ``synthetic``: the offline generator; ``hub:<namespace>/<name>``: ``datasets.load_dataset(name)``,
+    e.g. ``hub:rajpurkar/squad``, or ``hub:/path/to/dataset_folder``; anything else: a SQuAD JSON file, split by
     paragraph (``eval_fraction`` of the paragraphs, shuffled with ``seed``, go to validation).
     """
     if source == "synthetic":
         return {split: synthetic_squad(seed, split) for split in SPLITS}
     if source.startswith("hub:"):
-        name = source.removeprefix("hub:")
-        if not name:
-            raise DataError("data.source='hub:' names no dataset; use hub:squad or hub:<local dataset folder>")
-        return {split: load_hub(name, split) for split in SPLITS}
+        problem = hub_dataset_problem(source)
+        if problem:
+            raise DataError(problem)
+        return {split: load_hub(source.removeprefix("hub:"), split) for split in SPLITS}
     return _split_groups(read_squad_json(source), eval_fraction, seed)
 
 

@@ -103,6 +103,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         (["run", "--preset", "seed"], {}, "train.fp16=true needs a CUDA GPU"),
         (["run", "--set", "resources.cpus_per_worker=64"], {}, "no trial fits on any node"),
         (["run", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
+        (["run", "--set", "data.source=hub:squad"], {}, "--set data.source='hub:squad' is a bare hub name"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, env, needle, tmp_path):

@@ -117,7 +117,12 @@ def test_hub_loader_reads_a_local_dataset_folder_offline(tmp_path, tiny_tokenize
 
 def test_hub_dataset_missing_offline_is_one_clear_error():
     with pytest.raises(DataError, match="populate the HF datasets cache"):
-        list(load_squad("hub:this-dataset-does-not-exist-here")["train"])
+        list(load_squad("hub:nobody/this-dataset-does-not-exist-here")["train"])
+
+
+def test_a_bare_legacy_hub_name_is_refused_with_its_canonical_id():
+    with pytest.raises(DataError, match=r"data.source='hub:squad' is a bare hub name, .* write hub:rajpurkar/squad$"):
+        load_squad("hub:squad")
 
 
 def test_bad_squad_files(tmp_path):
