@@ -101,12 +101,13 @@ class Progress:
                                                        else value > self.best[0])):
             self.best = (float(value), who)
         donor = result.get("exploited_from")
+        nan = float("nan")
         self.log.info(
             "%3d/%d iterations  %s it %s/%d  %s %.4f  lr %.2e bs %s wd %g%s  best %.4f (%s)",
-            self.spent, self.budget, who, result.get("iteration"), self.planned, self.metric, float("nan") if value is None else value,
-            result.get("lr") or float("nan"), result.get("per_device_train_batch_size"), result.get("weight_decay") or 0,
-            f"  (from {short_id(donor)}'s checkpoint)" if donor else "",
-            self.best[0] if self.best else float("nan"), self.best[1] if self.best else "-",
+            self.spent, self.budget, who, result.get("iteration"), self.planned, self.metric,
+            nan if value is None else value, result.get("lr") or nan, result.get("per_device_train_batch_size"),
+            result.get("weight_decay") or 0, f"  (from {short_id(donor)}'s checkpoint)" if donor else "",
+            self.best[0] if self.best else nan, self.best[1] if self.best else "-",
         )
 
     def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:

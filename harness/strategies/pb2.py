@@ -11,7 +11,6 @@ PB2's decisions are not guaranteed to repeat with a fixed seed.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from harness.strategies import StrategyContext, StrategyResult
@@ -34,7 +33,7 @@ def scheduler(ctx: StrategyContext) -> Any:
         perturbation_interval=1,
         hyperparam_bounds=cfg.search.bounds(),
         quantile_fraction=cfg.tune.quantile_fraction,
-        custom_explore_fn=functools.partial(type(cfg.search).clip, cfg.search),
+        custom_explore_fn=cfg.search.clip,
         synch=cfg.tune.synch,
         log_config=True,
     )

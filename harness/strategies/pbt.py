@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import random
 from typing import Any
 
@@ -42,7 +41,7 @@ def scheduler(ctx: StrategyContext) -> Any:
         hyperparam_mutations=cfg.search.mutations(rng),
         quantile_fraction=cfg.tune.quantile_fraction,
         resample_probability=cfg.tune.resample_probability,
-        custom_explore_fn=functools.partial(type(cfg.search).clip, cfg.search),
+        custom_explore_fn=cfg.search.clip,
         synch=cfg.tune.synch,
         log_config=True,  # pbt_global.txt / pbt_policy_<trial>.txt in the experiment folder
     )

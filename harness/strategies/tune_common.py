@@ -1,4 +1,5 @@
-"""What every Ray Tune strategy shares: Ray start-up, trial resources, the budget-aware searcher and stopper, the Tuner."""
+"""What every Ray Tune strategy shares: Ray start-up, trial resources, the budget-aware searcher
+and stopper, the Tuner."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 from ray.tune import Callback, Stopper
 from ray.tune.search import BasicVariantGenerator
 
-from harness.config import ExperimentConfig
 from harness import strategies
+from harness.config import ExperimentConfig
 from harness.strategies import StrategyContext, StrategyResult
 from harness.train import trainable
 
