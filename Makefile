@@ -10,6 +10,10 @@ PRESET ?= smoke
 RESULTS_DIR ?= results
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
+# the offline cache (model, tokenizer, dataset, tokenized data) that make prepare fills and runs read
+CACHE_DIR ?= $(RESULTS_DIR)/.cache
+# extra `python -m harness run/prepare` flags, e.g. HARNESS_ARGS="--set data.train_samples=200"
+HARNESS_ARGS ?=
 # bench-*: one run per seed (SEEDS="0 1 2"); empty runs the preset's own seed
 SEEDS ?=
 # SLURM submission (make submit-pbt): what each node job asks for, and how many worker jobs join
@@ -24,7 +28,7 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
+.PHONY: help venv prepare bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -42,7 +46,11 @@ $(STAMP): constraints.txt pyproject.toml
 venv: $(STAMP) ## create/refresh the virtual environment (.venv) from constraints.txt
 
 # one `python -m harness run` per seed in SEEDS (or one with the preset's seed)
-run_seeds = $(foreach seed,$(or $(SEEDS),preset),$(PY) -m harness run --strategy $(1) --preset $(PRESET) --results-dir $(RESULTS_DIR) $(if $(filter preset,$(seed)),,--seed $(seed)) &&) true
+seed_flag = $(if $(filter preset,$(1)),,--seed $(1))
+run_seeds = $(foreach seed,$(or $(SEEDS),preset),HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness run --strategy $(1) --preset $(PRESET) --results-dir $(RESULTS_DIR) $(call seed_flag,$(seed)) $(HARNESS_ARGS) &&) true
+
+prepare: $(STAMP) ## fill CACHE_DIR for PRESET (and SEEDS) where there is network: model, tokenizer, dataset, tokenized data; verified offline
+	$(foreach seed,$(or $(SEEDS),preset),HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness prepare --preset $(PRESET) $(call seed_flag,$(seed)) $(HARNESS_ARGS) &&) true
 
 bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model; SEEDS="0 1")
 	$(call run_seeds,pbt)

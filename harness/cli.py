@@ -165,6 +165,25 @@ def _cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from harness import prepare
+    from harness.runner import cache_dir, cpu_only_deepspeed
+
+    cfg = _config_from(args)
+    cpu_only_deepspeed()
+    cache = cache_dir(cfg)
+    cache_args = ([f"--seed={args.seed}"] if args.seed is not None else []) + [f"--set={s}" for s in args.sets]
+    fix = prepare.prepare_command(args.preset, cache, cache_args)
+    if args.check:
+        prepared = prepare.verify(cfg, cache, fix=fix)
+        print(f"cache complete for preset {args.preset} (model, dataset, tokenized data; fingerprint {prepared.fingerprint})")
+        return 0
+    prepared = prepare.prepare(cfg, cache, fix=fix)
+    print(f"prepared {cache} for preset {args.preset}, verified offline:")
+    print("\n".join(f"  {line}" for line in prepared.lines()))
+    return 0
+
+
 def _cmd_collect(args: argparse.Namespace) -> int:
     from harness.collect import collect
 
@@ -284,6 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     ports.add_argument("--ip", default="127.0.0.1")
     ports.add_argument("--worker-ports", type=int, default=64)
     ports.set_defaults(fn=_cmd_ports)
+    prep = sub.add_parser("prepare", help="fill the offline cache (model, tokenizer, dataset, tokenized data) "
+                          "where there is network; --check verifies it offline")
+    _config_args(prep)
+    prep.add_argument("--check", action="store_true",
+                      help="only verify, offline, that the cache holds everything a run reads (exit 2 if not)")
+    prep.set_defaults(fn=_cmd_prepare)
     col = sub.add_parser("collect", help="the seed's tables from a SLURM head job's log and its run record")
     col.add_argument("log")
     col.set_defaults(fn=_cmd_collect)

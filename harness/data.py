@@ -93,22 +93,29 @@ def _split_groups(groups: list[list[dict[str, Any]]], eval_fraction: float, seed
     return {"train": train, "validation": val}
 
 
-def load_hub(name: str, split: str) -> Iterable[dict[str, Any]]:
+def load_hub(name: str, split: str, **kwargs: Any) -> Iterable[dict[str, Any]]:
     """A split of a hub dataset (``rajpurkar/squad``) or a local dataset folder, through ``datasets``.
 
-    ``datasets`` honours ``HF_HUB_OFFLINE``/``HF_DATASETS_OFFLINE`` and its cache, so a machine
-    without network works once the dataset is cached.
+    Only ``make prepare`` calls this: runs read the records it saved in the harness cache
+    (:func:`load_squad` with ``cache_dir``), so a compute node never needs the hub.
     """
     import datasets  # heavy import; only this source needs it
 
     try:
-        return datasets.load_dataset(name, split=split)
+        return datasets.load_dataset(name, split=split, **kwargs)
     except (FileNotFoundError, ConnectionError, ValueError) as exc:
         raise DataError(
             f"data.source='hub:{name}' split {split!r} could not be loaded ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); populate the HF datasets cache, "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); run `make prepare` where there is network, "
             "or use a local SQuAD JSON file or data.source=synthetic"
         ) from None
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
 
 
 # Synthetic data: short paragraphs of facts about invented people, with questions whose answer is
@@ -162,12 +169,15 @@ def synthetic_squad(seed: int, split: str) -> Iterator[dict[str, Any]]:
         index += 1
 
 
-def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1) -> dict[str, Iterable[dict[str, Any]]]:
+def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1,
+               cache_dir: str | Path | None = None) -> dict[str, Iterable[dict[str, Any]]]:
     """Records per split (``train``, ``validation``) from ``source``.
 
     ``synthetic``: the offline generator; ``hub:<namespace>/<name>``: ``datasets.load_dataset(name)``,
     e.g. ``hub:rajpurkar/squad``, or ``hub:/path/to/dataset_folder``; anything else: a SQuAD JSON file, split by
     paragraph (``eval_fraction`` of the paragraphs, shuffled with ``seed``, go to validation).
+    With ``cache_dir``, the records ``make prepare`` saved there are read instead of the hub, and
+    instead of a SQuAD file that is not here (a compute node without the login node's path).
     """
     if source == "synthetic":
         return {split: synthetic_squad(seed, split) for split in SPLITS}
@@ -175,8 +185,23 @@ def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1) -> dic
         problem = hub_dataset_problem(source)
         if problem:
             raise DataError(problem)
+    saved = _saved_raw(source, cache_dir)
+    if saved is not None and (saved / "train.jsonl").is_file():
+        return {split: _read_jsonl(saved / f"{split}.jsonl") for split in SPLITS}
+    if saved is not None:
+        return _split_groups(read_squad_json(saved / "squad.json"), eval_fraction, seed)
+    if source.startswith("hub:"):
         return {split: load_hub(source.removeprefix("hub:"), split) for split in SPLITS}
     return _split_groups(read_squad_json(source), eval_fraction, seed)
+
+
+def _saved_raw(source: str, cache_dir: str | Path | None) -> Path | None:
+    if cache_dir is None or (not source.startswith("hub:") and Path(source).is_file()):
+        return None
+    from harness.prepare import dataset_complete, dataset_slot
+
+    folder = dataset_slot(Path(cache_dir), source)
+    return folder if dataset_complete(folder) else None
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -252,19 +277,26 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def source_fingerprint(source: str) -> str:
+def source_fingerprint(source: str, cache_dir: str | Path | None = None) -> str:
     if source == "synthetic":
         return f"synthetic-v{PREPROCESS_VERSION}"
     if source.startswith("hub:"):
         return source
-    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+    saved = _saved_raw(source, cache_dir)
+    path = saved / "squad.json" if saved is not None else Path(source)
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except FileNotFoundError:
+        raise DataError(f"data.source={source!r} does not exist and is not in the prepared cache; "
+                        "give a SQuAD JSON file, or run `make prepare` with it") from None
     return f"file-{digest}"
 
 
-def cache_key(data: DataConfig, *, seed: int, tokenizer_fp: str, max_length: int) -> str:
+def cache_key(data: DataConfig, *, seed: int, tokenizer_fp: str, max_length: int,
+              cache_dir: str | Path | None = None) -> str:
     payload = json.dumps(
         {
-            "source": source_fingerprint(data.source),
+            "source": source_fingerprint(data.source, cache_dir),
             "train": data.train_samples,
             "eval": data.eval_samples,
             "unanswerable": data.unanswerable,
@@ -278,15 +310,22 @@ def cache_key(data: DataConfig, *, seed: int, tokenizer_fp: str, max_length: int
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def cached_tokenized(data: DataConfig, tokenizer: Any, *, seed: int, max_length: int, cache_dir: str | Path) -> Path:
+    """Where the tokenized splits of this (data, tokenizer, length, seed) live in the cache."""
+    key = cache_key(data, seed=seed, tokenizer_fp=tokenizer_fingerprint(tokenizer), max_length=max_length,
+                    cache_dir=cache_dir)
+    return Path(cache_dir) / "data" / f"squad-{key}.pt"
+
+
 def prepare(data: DataConfig, tokenizer: Any, *, seed: int, max_length: int, cache_dir: str | Path) -> Path:
     """Tokenize once and cache; returns the cache file. A second call with the same key only reads."""
-    key = cache_key(data, seed=seed, tokenizer_fp=tokenizer_fingerprint(tokenizer), max_length=max_length)
-    path = Path(cache_dir) / "data" / f"squad-{key}.pt"
+    path = cached_tokenized(data, tokenizer, seed=seed, max_length=max_length, cache_dir=cache_dir)
+    key = path.stem.removeprefix("squad-")
     if path.is_file():
         log.info("tokenized data cache hit: %s", path)
         return path
     log.info("tokenizing %s into %s", data.source, path)
-    raw = load_squad(data.source, seed=seed)
+    raw = load_squad(data.source, seed=seed, cache_dir=cache_dir)
     limits = {"train": data.train_samples, "validation": data.eval_samples}
     splits: dict[str, dict[str, list[list[int]]]] = {}
     stats: dict[str, dict[str, int]] = {}

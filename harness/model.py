@@ -116,12 +116,16 @@ def build_tiny_bloom(cfg: ModelConfig, seed: int, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def resolve_model_path(cfg: ModelConfig, *, seed: int, cache_dir: str | Path) -> str:
-    """What ``from_pretrained`` should load: the cached tiny-bloom folder, or ``cfg.name`` itself."""
+def resolve_model_path(cfg: ModelConfig, *, seed: int, cache_dir: str | Path, build: bool = True) -> str:
+    """What ``from_pretrained`` should load: the cached tiny-bloom folder (built here unless
+    ``build`` is False), the folder ``make prepare`` saved for ``cfg.name``, or ``cfg.name`` itself."""
     if cfg.name != TINY_BLOOM:
-        return cfg.name
+        from harness.prepare import model_complete, model_slot
+
+        prepared = model_slot(Path(cache_dir), cfg.name)
+        return str(prepared) if model_complete(prepared) else cfg.name
     target = Path(cache_dir) / "models" / f"tiny-bloom-{tiny_fingerprint(cfg, seed)}"
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() or not build:
         return str(target)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -140,18 +144,18 @@ def _from_pretrained(loader: Any, name: str, what: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(name, local_files_only=offline, **kwargs)
     except OSError as exc:
         hint = (
-            "it is not in the local HF cache and HF_HUB_OFFLINE=1; download it on a machine with "
-            f"network (`hf download {name}`) into HF_HOME, or point model.name at a local folder"
+            "it is not in the prepared cache and HF_HUB_OFFLINE=1; run `make prepare` where there is "
+            "network (a login node), or point model.name at a local folder"
             if offline
             else "check the name, your network, or point model.name at a local folder"
         )
         raise ModelError(f"model.name={name!r}: cannot load the {what} ({str(exc).splitlines()[0]}); {hint}") from None
 
 
-def load_tokenizer(name_or_path: str) -> Any:
+def load_tokenizer(name_or_path: str, **kwargs: Any) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, "tokenizer")
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, "tokenizer", **kwargs)
     if tokenizer.pad_token is None:  # GPT-style tokenizers: pad with EOS, labels mask it anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

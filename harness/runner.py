@@ -42,12 +42,12 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
         )
     src = cfg.data.source
     if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
-        raise ConfigError(f"data.source={src!r} is not a file; give a SQuAD JSON file, synthetic or hub:<dataset>")
-    import torch
+        from harness.prepare import dataset_complete, dataset_slot
 
-    gpus = torch.cuda.device_count()
-    if gpus == 0:  # else DeepSpeed, imported by transformers, warns in every process that it chose the CPU
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        if not dataset_complete(dataset_slot(cache_dir(cfg), src)):
+            raise ConfigError(f"data.source={src!r} is not a file (nor in the prepared cache {cache_dir(cfg)}); "
+                              "give a SQuAD JSON file, synthetic or hub:<namespace>/<name>")
+    gpus = cpu_only_deepspeed()
     if cfg.train.fp16 and gpus == 0 and ray_address == "local":
         raise ConfigError(
             "train.fp16=true needs a CUDA GPU and this machine has none; "
@@ -66,6 +66,17 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
                                             strategy.planned_trials(cfg)).summary())
         except CapacityError as exc:
             raise CapacityError(f"on this machine {exc}") from None
+
+
+def cpu_only_deepspeed() -> int:
+    """The number of CUDA devices; with none, tell DeepSpeed (imported by transformers) so, or it
+    warns in every process that it chose the CPU."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return gpus
 
 
 def _run_dir(cfg: ExperimentConfig) -> Path:
@@ -165,6 +176,7 @@ def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool) 
     model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
     data_path = prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
                         max_length=cfg.model.max_length, cache_dir=cache)
+    log.info("model: %s; tokenized data: %s", model_path, data_path)
     spec = strategies.spec(cfg.strategy)
     strategy = strategies.get(cfg.strategy)
 

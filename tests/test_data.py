@@ -116,7 +116,7 @@ def test_hub_loader_reads_a_local_dataset_folder_offline(tmp_path, tiny_tokenize
 
 
 def test_hub_dataset_missing_offline_is_one_clear_error():
-    with pytest.raises(DataError, match="populate the HF datasets cache"):
+    with pytest.raises(DataError, match="run `make prepare` where there is network"):
         list(load_squad("hub:nobody/this-dataset-does-not-exist-here")["train"])
 
 
