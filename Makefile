@@ -16,7 +16,8 @@ CACHE_DIR ?= $(RESULTS_DIR)/.cache
 HARNESS_ARGS ?=
 # bench-*: one run per seed (SEEDS="0 1 2"); empty runs the preset's own seed
 SEEDS ?=
-# SLURM submission (make submit-pbt): what each node job asks for, and how many worker jobs join
+# SLURM submission (make submit-pbt, submit-manual): what each node job asks for (the seed's node:
+# Cnode=20, Gnode=8, Csys=2 on every node), how many worker jobs join, and the image the jobs run in
 SUBMIT_PRESET ?= seed
 STRATEGY ?= pbt
 NUM_WORKERS ?= 1
@@ -92,22 +93,26 @@ mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port ML
 	$(PY) -m harness ui-urls --results-dir $(RESULTS_DIR) --port $(MLFLOW_PORT)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-submit-pbt: $(STAMP) ## submit the SLURM head job (SUBMIT_PRESET=seed, NUM_WORKERS, CPUS_PER_NODE, GPUS_PER_NODE)
-	@# the same checks the head job makes, before anything is queued: bad input or no room exits 2
-	$(PY) -m harness config --preset $(SUBMIT_PRESET) --strategy $(STRATEGY) > /dev/null
-	$(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(STRATEGY) --nodes $$(( $(NUM_WORKERS) + 1 )) \
-	  --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS)
-	mkdir -p logs
-	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \
-	PRESET=$(SUBMIT_PRESET) STRATEGY=$(STRATEGY) NUM_WORKERS=$(NUM_WORKERS) SYSTEM_CPUS=$(SYSTEM_CPUS) \
-	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
-	sbatch --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
+submit-pbt: $(STAMP) ## submit the SLURM head job for STRATEGY (pbt) in the container SIF; node-sized: CPUS_PER_NODE, GPUS_PER_NODE, SYSTEM_CPUS, NUM_WORKERS
+	$(call submit,$(STRATEGY),ray_head_bloom_5epochs)
 
-submit-manual: $(STAMP) ## submit the sequential manual grid as one SLURM job (SUBMIT_PRESET, CPUS_PER_NODE, GPUS_PER_NODE)
-	$(PY) -m harness config --preset $(SUBMIT_PRESET) --strategy manual > /dev/null
+submit-manual: $(STAMP) ## submit the sequential manual grid through the same head job and container (no Ray, no worker jobs)
+	$(call submit,manual,manual_grid_bloom_5epochs)
+
+# The checks the head job makes, before anything is queued (bad input, no room, no image: exit 2),
+# then one head job of the node's size; it submits NUM_WORKERS worker jobs of the same size.
+define submit
+	$(PY) -m harness job-plan --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) > /dev/null
+	$(if $(filter manual,$(1)),,$(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) --nodes $$(( $(NUM_WORKERS) + 1 )) \
+	  --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS))
+	@[[ "$(SIF)" == none || -f "$(SIF)" ]] || { echo "error: SIF=$(SIF) does not exist; build it with make container (needs apptainer), or SIF=none to run the jobs from .venv" >&2; exit 2; }
 	mkdir -p logs
 	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \
-	PRESET=$(SUBMIT_PRESET) sbatch --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/manual_grid_hpo.slurm
+	PRESET=$(SUBMIT_PRESET) STRATEGY=$(1) NUM_WORKERS=$(NUM_WORKERS) SYSTEM_CPUS=$(SYSTEM_CPUS) HARNESS_ARGS="$(HARNESS_ARGS)" \
+	HARNESS_SIF=$(if $(filter none,$(SIF)),none,$(abspath $(SIF))) CACHE_DIR="$(abspath $(CACHE_DIR))" RESULTS_DIR="$(abspath $(RESULTS_DIR))" \
+	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
+	sbatch --job-name=$(2) --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
+endef
 
 lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
 	$(PY) -m harness container lock

@@ -67,12 +67,13 @@ def _config_from(args: argparse.Namespace) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness import runner
+    from harness.redaction import redact
 
     cfg = _config_from(args)
     outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose)  # pre-flight refuses bad input first
     print(outcome.tables_markdown)
     print(f"run folder: {outcome.run_dir}")
-    print(f"MLflow: {outcome.record.mlflow_run_id} in {_tracking_uri(cfg)} (make mlflow-ui)")
+    print(f"MLflow: {outcome.record.mlflow_run_id} in {redact(_tracking_uri(cfg))} (make mlflow-ui)")
     if outcome.failed_trials:
         print(f"error: {len(outcome.failed_trials)} trial(s) did not finish: {', '.join(outcome.failed_trials)}; "
               f"see {outcome.run_dir / 'run_record.json'}", file=sys.stderr)
@@ -88,6 +89,16 @@ def _tracking_uri(cfg: Any) -> str:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config_from(args).to_json())
+    return 0
+
+
+def _cmd_job_plan(args: argparse.Namespace) -> int:
+    """What a SLURM head job needs to know, as KEY=value lines (read, never evaluated, by the job)."""
+    from harness import strategies
+
+    cfg = _config_from(args)
+    uses_ray = 0 if strategies.spec(cfg.strategy).sequential else 1
+    print(f"STRATEGY={cfg.strategy}\nUSES_RAY={uses_ray}")
     return 0
 
 
@@ -160,7 +171,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 def _cmd_ports(args: argparse.Namespace) -> int:
     from harness.ports import choose
 
-    for name, port in choose(args.ip, args.worker_ports).items():
+    for name, port in choose(args.worker_ports).items():
         print(f"{name}={port}")
     return 0
 
@@ -259,10 +270,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_ui_urls(results_dir: Any, port: int) -> None:
+    from harness.redaction import redact
     from harness.tracking import tracking_uri, ui_urls
 
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        print(f"MLflow: {tracking_uri(results_dir)} (open its UI to see the runs)")
+        print(f"MLflow: {redact(tracking_uri(results_dir))} (open its UI to see the runs)")
         return
     print(f"In the MLflow UI (make mlflow-ui, port {port}):")
     for what, url in ui_urls(results_dir, port):
@@ -288,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("config", help="print the resolved configuration (and validate it)")
     _config_args(show)
     show.set_defaults(fn=_cmd_config)
+    plan_ = sub.add_parser("job-plan", help="validate the input and say whether the strategy needs Ray "
+                           "(KEY=value lines, for the SLURM head job)")
+    _config_args(plan_)
+    plan_.set_defaults(fn=_cmd_job_plan)
     sub.add_parser("strategies", help="list the registered strategies").set_defaults(fn=_cmd_strategies)
     tab = sub.add_parser("tables", help="print a finished run's result tables")
     tab.add_argument("run_dir")
@@ -299,8 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--gpus-per-node", type=float, default=0, help="Gnode")
     cap.add_argument("--system-cpus", type=float, default=0, help="Csys: CPUs kept for the system and Ray itself")
     cap.set_defaults(fn=_cmd_capacity)
-    ports = sub.add_parser("ports", help="free ports for a Ray node, as shell assignments")
-    ports.add_argument("--ip", default="127.0.0.1")
+    ports = sub.add_parser("ports", help="free ports for a Ray node outside the ephemeral range, as KEY=value lines")
     ports.add_argument("--worker-ports", type=int, default=64)
     ports.set_defaults(fn=_cmd_ports)
     prep = sub.add_parser("prepare", help="fill the offline cache (model, tokenizer, dataset, tokenized data) "
@@ -339,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _console_logging(verbose: bool) -> None:
     """The harness's own lines on the console, other libraries' only from WARNING on (all of them
     with --verbose); the run's log file (runner) takes everything from INFO on either way."""
+    from harness.redaction import RedactCredentials
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactCredentials())
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported, later
 

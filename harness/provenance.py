@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import socket
 import subprocess
@@ -36,13 +38,31 @@ def device() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
-    import os
-
     return f"cpu ({os.cpu_count()} cores)"
+
+
+def code_source() -> dict[str, str]:
+    """Which code ran: ``image`` (the harness installed in an Apptainer image), ``bind`` (the
+    checkout bound into the image), ``venv`` (a SLURM job with HARNESS_SIF=none) or ``checkout``
+    (run by hand), with the image and the GIT_SHA label it was built with."""
+    import harness
+
+    info = {"code": os.environ.get("HARNESS_CODE", "checkout"),
+            "code_path": str(Path(harness.__file__).resolve().parent)}
+    image = os.environ.get("HARNESS_IMAGE", "")
+    if image and image != "none":
+        info["image"] = image
+        labels = Path(os.environ.get("HARNESS_IMAGE_LABELS", "/.singularity.d/labels.json"))
+        try:
+            info["image_git_sha"] = json.loads(labels.read_text()).get("harness.git_sha", "unknown")
+        except (OSError, ValueError):
+            info["image_git_sha"] = "unknown"
+    return info
 
 
 def provenance() -> dict[str, str]:
     info = {"host": socket.gethostname(), "python": platform.python_version(), "device": device()}
+    info.update(code_source())
     info.update(git_state())
     info.update({f"version.{k}": v for k, v in package_versions().items()})
     return info

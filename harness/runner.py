@@ -129,8 +129,11 @@ class Progress:
 
 def _log_to(run_dir: Path) -> logging.Handler:
     """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``."""
+    from harness.redaction import RedactCredentials
+
     handler = logging.FileHandler(run_dir / "harness.log")
     handler.setLevel(logging.INFO)
+    handler.addFilter(RedactCredentials())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     return handler

@@ -19,7 +19,12 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from harness.redaction import redact
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
+if redact(os.environ.get("MLFLOW_TRACKING_URI", "")) != os.environ.get("MLFLOW_TRACKING_URI", ""):
+    # MLflow writes "View run ... at: <the URI, password included>" to stdout, past any log filter
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402

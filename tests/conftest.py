@@ -3,9 +3,15 @@ non-loopback connection attempt from the test process fails loudly."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -102,3 +108,30 @@ def smoke_pbt(tmp_path_factory):
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     run_dir = only_run_dir(results)
     return done, results, run_dir, RunRecord.load(run_dir)
+
+
+@contextlib.contextmanager
+def serve_mlflow(store: Path) -> Iterator[int]:
+    """A real `mlflow server` on 127.0.0.1 over the sqlite ``store``; yields its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not answer on port {port}") from None
+                time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(15)

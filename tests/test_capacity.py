@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from harness.capacity import CapacityError, Node, TrialShape, plan, trials_per_node
-from harness.ports import SINGLE_PORTS, choose
+from harness.ports import LOWEST, SINGLE_PORTS, choose, ephemeral_range
 
 SEED_TRIAL = TrialShape(workers=2, cpus_per_worker=2, gpus_per_worker=1)
 
@@ -61,11 +62,28 @@ def test_capacity_cli_exits_2_when_nothing_fits():
 
 
 def test_ports_are_distinct_free_and_leave_a_worker_block():
-    ports = choose("127.0.0.1", worker_ports=32)
+    ports = choose(worker_ports=32)
     singles = [ports[name] for name in SINGLE_PORTS]
     assert len(set(singles)) == len(singles)
     lo, hi = ports["RAY_MIN_WORKER_PORT"], ports["RAY_MAX_WORKER_PORT"]
     assert hi - lo + 1 == 32 and not any(lo <= p <= hi for p in singles)
     for port in singles + [lo, hi]:
         with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # still free after choosing
+            s.bind(("0.0.0.0", port))  # still free after choosing, on every address
+
+
+def test_ports_stay_outside_the_ephemeral_range():
+    low, high = ephemeral_range()
+    for seed in range(10):
+        ports = choose(worker_ports=16, rng=random.Random(seed))
+        assert all(p >= LOWEST and not low <= p <= high for p in ports.values()), ports
+
+
+def test_a_port_in_use_on_any_address_is_never_chosen():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.3", LOWEST + 5))
+        busy.listen()
+        for seed in range(30):  # 40 candidate ports, 8 singles + a block of 4: the busy one must be avoided
+            ports = choose(worker_ports=4, ephemeral=(LOWEST + 40, 65535), rng=random.Random(seed))
+            assert LOWEST + 5 not in ports.values()
+            assert not ports["RAY_MIN_WORKER_PORT"] <= LOWEST + 5 <= ports["RAY_MAX_WORKER_PORT"]

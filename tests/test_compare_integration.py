@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL_BUDGET, only_run_dir, run_harness
+from conftest import SMALL_BUDGET, only_run_dir, run_harness, serve_mlflow
 from harness.analysis import summarize
 from harness.records import RunRecord
 from harness.tracking import runs_of
@@ -258,35 +258,8 @@ READ_METRICS = """async () => {
 @pytest.fixture
 def mlflow_server(runs):
     """A real `mlflow server` on 127.0.0.1 over the store the comparison runs wrote."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = runs["manual"][0].parent / "mlflow.db"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not answer on port {port}") from None
-                time.sleep(0.5)
+    with serve_mlflow(runs["manual"][0].parent / "mlflow.db") as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_browser(runs, mlflow_server,

@@ -31,23 +31,106 @@ def test_scripts_follow_the_house_rules():
     assert "ray stop" not in common.replace("Never `ray stop`", "")
 
 
-def test_make_submit_refuses_before_sbatch_when_no_trial_fits(tmp_path):
+def _fake_sbatch(tmp_path):
     import stat
-    import sys
 
     calls = tmp_path / "sbatch-calls"
     fake = tmp_path / "sbatch"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\necho 123\n")
+    fake.write_text(f"#!/bin/sh\nenv | grep -E '^(HARNESS_SIF|STRATEGY|SYSTEM_CPUS|WORKER_SBATCH_ARGS|CACHE_DIR)=' >> {calls}\n"
+                    f"echo \"$@\" >> {calls}\necho 123\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
-    base = ["make", "-s", f"PY={sys.executable}", "STAMP=", "submit-pbt", "NUM_WORKERS=0"]
-    done = subprocess.run([*base, "CPUS_PER_NODE=20", "GPUS_PER_NODE=1", "SYSTEM_CPUS=2"],
+    return calls, {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+
+
+def _make(env, *args):
+    import sys
+
+    return subprocess.run(["make", "-s", f"PY={sys.executable}", "STAMP=", *args],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_make_submit_refuses_before_sbatch_when_no_trial_fits(tmp_path):
+    calls, env = _fake_sbatch(tmp_path)
+    done = _make(env, "submit-pbt", "NUM_WORKERS=0", "SIF=none", "CPUS_PER_NODE=20", "GPUS_PER_NODE=1", "SYSTEM_CPUS=2")
     assert done.returncode != 0 and "no trial fits on any node" in done.stderr
     assert not calls.exists(), "nothing may be submitted"
-    done = subprocess.run([*base, "CPUS_PER_NODE=20", "GPUS_PER_NODE=8", "SYSTEM_CPUS=2"],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_the_seed_example_submits_node_sized_jobs_with_the_documented_defaults(tmp_path):
+    """Cnode=20, Gnode=8, W=2, Cw=2, Gw=1, Csys=2 on every node: Tnode=4, and both jobs ask for the node."""
+    image = tmp_path / "harness.sif"
+    image.write_text("image")
+    calls, env = _fake_sbatch(tmp_path)
+    done = _make(env, "submit-pbt", f"SIF={image}")
     assert done.returncode == 0, done.stderr
-    assert "population 12: 8 trial(s) will wait PENDING" in done.stdout  # the seed budget: 60 / 5 iterations
-    args = calls.read_text().split()
-    assert args[:2] == ["--cpus-per-task=20", "--gres=gpu:8"] and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
+    assert "2 node(s) hold 8 trial(s) at once (4 + 4;" in done.stdout
+    assert "population 12: 4 trial(s) will wait PENDING" in done.stdout  # the seed budget: 60 / 5 iterations
+    text = calls.read_text()
+    args = text.splitlines()[-1].split()
+    assert args[:3] == ["--job-name=ray_head_bloom_5epochs", "--cpus-per-task=20", "--gres=gpu:8"]
+    assert args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
+    assert f"HARNESS_SIF={image}" in text and "SYSTEM_CPUS=2" in text and "STRATEGY=pbt" in text
+    assert "WORKER_SBATCH_ARGS=--cpus-per-task=20 --gres=gpu:8" in text
+
+
+def test_make_submit_manual_uses_the_head_job_and_refuses_without_an_image(tmp_path):
+    calls, env = _fake_sbatch(tmp_path)
+    done = _make(env, "submit-manual", f"SIF={tmp_path / 'missing.sif'}")
+    assert done.returncode == 2 and "SIF=" in done.stderr and "make container" in done.stderr
+    assert not calls.exists()
+    done = _make(env, "submit-manual", "SIF=none")
+    assert done.returncode == 0, done.stderr
+    text = calls.read_text()
+    assert "STRATEGY=manual" in text and "HARNESS_SIF=none" in text
+    args = text.splitlines()[-1].split()
+    assert args[0] == "--job-name=manual_grid_bloom_5epochs" and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
+
+
+def _bash(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source slurm/common.sh; {script}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HARNESS_JOBS_DIR": "/tmp/harness-test-jobs", **(env or {})})
+
+
+def test_job_scripts_read_assignments_without_evaluating_them():
+    ok = _bash("read_assignments '^[0-9]+$' A B <<< $'A=1\nB=22'; echo \"$A $B\"")
+    assert ok.returncode == 0 and ok.stdout.strip() == "1 22"
+    for bad in ("A=1\nB=$(touch /tmp/pwned)", "A=1\nC=2\nB=3", "A=1", "A=1\nB=2; rm -rf x"):
+        done = _bash(f"read_assignments '^[0-9]+$' A B <<< $'{bad}'")
+        assert done.returncode != 0 and "ERROR" in done.stderr, bad
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_job_scripts_redact_credentials_in_uris():
+    done = _bash("redact_uri 'https://alice:pw@mlflow.example.org:5000/x'")
+    assert done.stdout.strip() == "https://***@mlflow.example.org:5000/x"
+
+
+def test_ray_start_is_retried_on_a_port_conflict_and_not_on_other_failures(tmp_path):
+    """A stand-in `ray` in the venv fails like a real bind conflict the first time, then starts."""
+    import stat
+    import sys
+
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(sys.executable)
+    count = tmp_path / "count"
+    (venv / "ray").write_text(f"""#!/usr/bin/env bash
+n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}
+echo "$@" >> {tmp_path}/ray-calls
+if [[ "$RAY_MODE" == conflict && $n == 1 ]]; then echo "OSError: [Errno 98] Address already in use" >&2; exit 1; fi
+if [[ "$RAY_MODE" == broken ]]; then echo "some other failure" >&2; exit 1; fi
+echo "Ray runtime started."
+sleep 30
+""")
+    (venv / "ray").chmod(0o755 | stat.S_IEXEC)
+    script = f"RAY_TMP={tmp_path}; HARNESS_SIF=none; HARNESS_VENV={venv.parent}; start_ray_node worker --address=x; echo started; kill $RAY_PID"
+    done = _bash(script, {"RAY_MODE": "conflict"})
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr
+    assert "a port was taken meanwhile; choosing new ports" in done.stdout
+    first, second = (tmp_path / "ray-calls").read_text().splitlines()
+    assert first != second, "new ports on the second attempt"
+    count.unlink()
+    done = _bash(script, {"RAY_MODE": "broken"})
+    assert done.returncode != 0 and "ray start failed" in done.stderr and "some other failure" in done.stderr
+    assert count.read_text().strip() == "1"

@@ -2,15 +2,18 @@
 
 Two Ray nodes on one host: the head on 127.0.0.2, the worker on 127.0.0.3. The container path is
 exercised through a stand-in ``apptainer`` first on PATH, which checks its arguments, records the
-command and runs it on the host (the image's /opt/venv/bin stands in as the project's .venv/bin).
+command and runs it on the host (the image's /opt/venv/bin stands in as the project's .venv/bin,
+its labels.json as a file beside it). Every job reads a cache filled by ``harness prepare`` first.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -19,12 +22,16 @@ import pytest
 
 from harness.records import RunRecord
 from harness.tracking import runs_of
+from conftest import serve_mlflow
 from slurm_cluster import ClusterUnavailable, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ROOT / "slurm" / "head_node_raytune_pbt_hpo.slurm"
+PY = str(ROOT / ".venv" / "bin" / "python")
+SMALL = "--set budget.trial_iterations=12"  # a PBT population of 4, a grid of 4
+IMAGE_SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -53,32 +60,70 @@ while [[ "$1" == --bind ]]; do [[ -e "$2" ]] || {{ echo "bind $2 missing" >&2; e
 image="$1"; shift
 [[ -f "$image" ]] || {{ echo "stand-in apptainer: no image $image" >&2; exit 64; }}
 echo "$image :: $*" >> {log}
+export HARNESS_IMAGE_LABELS="$image.labels.json"   # the image's /.singularity.d/labels.json
 PATH="{ROOT / '.venv' / 'bin'}:$PATH" exec "$@"
 """)
     tool.chmod(tool.stat().st_mode | stat.S_IEXEC)
     return tool
 
 
-def _submit(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str) -> tuple[int, Path, str]:
-    logs = tmp / "logs"
-    logs.mkdir(exist_ok=True)
+def _prepare(results: Path, *args: str) -> None:
+    """What a user does once on the login node: make prepare (here the tiny model, synthetic data)."""
+    done = subprocess.run([PY, "-m", "harness", "prepare", "--preset", "smoke", *args],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env={**os.environ, "HARNESS_CACHE": str(results / ".cache")})
+    assert done.returncode == 0, done.stderr
+
+
+def _env(cluster, tmp: Path, extra_env: dict[str, str]) -> dict[str, str]:
+    (tmp / "logs").mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items()  # the head job itself must switch the hub off
+           if key not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "HARNESS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env = {
-        **os.environ, **cluster.env,
-        "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp / "jobs"), "HARNESS_LOGS_DIR": str(logs),
+        **env, **cluster.env,
+        "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp / "jobs"), "HARNESS_LOGS_DIR": str(tmp / "logs"),
         "RESULTS_DIR": str(tmp / "results"), "NODE_IP": "127.0.0.2", "WORKER_NODE_IP": "127.0.0.3",
-        "PRESET": "smoke", "NUM_WORKERS": "1", "WORKER_SBATCH_ARGS": "--cpus-per-task=1",
-        "HARNESS_ARGS": "--set budget.trial_iterations=12",  # a PBT population of 4
-        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "RAY_READY_TIMEOUT": "120",
+        "PRESET": "smoke", "NUM_WORKERS": "1", "WORKER_SBATCH_ARGS": "--cpus-per-task=1", "SYSTEM_CPUS": "0",
+        "HARNESS_ARGS": SMALL, "HARNESS_SIF": "none", "RAY_READY_TIMEOUT": "120",
         **extra_env,
     }
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def _submit(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str,
+            name: str = "ray_head_bloom_5epochs") -> tuple[int, Path, str]:
+    logs = tmp / "logs"
     done = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out", *sbatch_args, str(HEAD)],
-        capture_output=True, text=True, env=env, cwd=tmp, timeout=900,
+        ["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--job-name={name}", f"--output={logs}/%x-%j.out",
+         *sbatch_args, str(HEAD)],
+        capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=900,
     )
     job_id = done.stdout.strip().split(";")[0]
-    return done.returncode, logs / f"ray_head_bloom_5epochs-{job_id}.out", job_id
+    return done.returncode, logs / f"{name}-{job_id}.out", job_id
+
+
+class Watch(threading.Thread):
+    """While a job runs: every listening TCP socket and its process (ss -ltnpH), and the token's mode."""
+
+    def __init__(self, jobs: Path):
+        super().__init__(daemon=True)
+        self.jobs, self.listeners, self.token_modes = jobs, set(), set()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                fields = line.split()
+                procs = re.findall(r'\("([^"]+)",pid=(\d+)', line)
+                for name, _ in procs:
+                    self.listeners.add((fields[3], name))
+            for token in self.jobs.glob("*/ray_token"):
+                try:
+                    self.token_modes.add(stat.S_IMODE(token.stat().st_mode))
+                except FileNotFoundError:
+                    pass
+            self.done.wait(0.5)
 
 
 def _stamp(line: str) -> float:
@@ -94,21 +139,30 @@ def pbt_job(cluster, tmp_path_factory):
     _stand_in_apptainer(fake_bin, calls)
     image = tmp / "harness.sif"
     image.write_text("stand-in image\n")
-    rc, head_log, job_id = _submit(cluster, tmp, {"HARNESS_SIF": str(image), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    (tmp / "harness.sif.labels.json").write_text(json.dumps({"harness.git_sha": IMAGE_SHA}))
+    _prepare(tmp / "results")
+    (tmp / "jobs").mkdir()
+    watch = Watch(tmp / "jobs")
+    watch.start()
+    try:
+        rc, head_log, job_id = _submit(cluster, tmp, {"HARNESS_SIF": str(image), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    finally:
+        watch.done.set()
+        watch.join()
     text = head_log.read_text() if head_log.is_file() else "(no head log)"
     assert rc == 0, text[-6000:]
-    return tmp, head_log, job_id, calls, image
+    return tmp, head_log, job_id, calls, image, watch
 
 
 def test_head_log_has_start_and_finish_banners(pbt_job):
-    _, head_log, job_id, _, _ = pbt_job
+    _, head_log, job_id, *_ = pbt_job
     text = head_log.read_text()
     assert re.search(rf"^===== JOB {job_id} START : \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{{4}} =====$", text, re.M)
     assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
 
 
 def test_worker_ended_after_shutdown_txt(pbt_job):
-    tmp, head_log, job_id, _, _ = pbt_job
+    tmp, head_log, job_id, *_ = pbt_job
     shutdown = tmp / "jobs" / job_id / "shutdown.txt"
     assert shutdown.read_text().strip() == "0"
     (worker_log,) = (tmp / "logs").glob("ray_worker_bloom_5epochs-*.out")
@@ -118,18 +172,21 @@ def test_worker_ended_after_shutdown_txt(pbt_job):
     assert _stamp(done) >= _stamp(found) >= int(shutdown.stat().st_mtime) - 1
 
 
-def test_collected_tables_have_one_row_per_trial(pbt_job):
-    tmp, head_log, _, _, _ = pbt_job
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "harness", "collect", str(head_log)],
-                          capture_output=True, text=True, timeout=120)
+def _collect(log: Path) -> str:
+    done = subprocess.run([PY, "-m", "harness", "collect", str(log)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    rows = [line for line in done.stdout.splitlines() if line.startswith("| trainable_")]
-    assert len(rows) == 4
-    assert "| total job time |" in done.stdout and "| best eval loss |" in done.stdout
+    return done.stdout
 
 
-def test_both_ray_nodes_ran_trials_and_mlflow_has_the_runs(pbt_job):
-    tmp, _, _, _, _ = pbt_job
+def test_collected_tables_have_one_row_per_trial(pbt_job):
+    _, head_log, *_ = pbt_job
+    out = _collect(head_log)
+    assert len([line for line in out.splitlines() if line.startswith("| trainable_")]) == 4
+    assert "| total job time |" in out and "| best eval loss |" in out
+
+
+def test_both_ray_nodes_ran_trials_and_mlflow_says_which_code_ran(pbt_job):
+    tmp, _, _, _, image, _ = pbt_job
     (run_dir,) = [p for p in (tmp / "results").iterdir() if (p / "run_record.json").is_file()]
     record = RunRecord.load(run_dir)
     assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials)
@@ -137,30 +194,73 @@ def test_both_ray_nodes_ran_trials_and_mlflow_has_the_runs(pbt_job):
     assert nodes == {"127.0.0.2", "127.0.0.3"}
     runs = runs_of("hpo-smoke", f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
     assert len(runs) == 5 and sum("mlflow.parentRunId" in r.data.tags for r in runs) == 4
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    tags = parent.data.tags
+    assert (tags["code"], tags["image"], tags["image_git_sha"]) == ("image", str(image), IMAGE_SHA)
 
 
-def test_ray_and_python_ran_in_the_container_with_token_auth(pbt_job):
-    tmp, head_log, job_id, calls, image = pbt_job
+def test_ray_and_python_ran_in_the_container_with_a_token_that_is_gone_afterwards(pbt_job):
+    tmp, head_log, job_id, calls, image, watch = pbt_job
     commands = calls.read_text().splitlines()
     assert all(c.startswith(f"{image} :: ") for c in commands)
-    assert any(":: ray start --head" in c and "--node-ip-address=127.0.0.2" in c for c in commands)
+    check = next(i for i, c in enumerate(commands) if ":: python -m harness prepare --check" in c)
+    head = next(i for i, c in enumerate(commands) if ":: ray start --block" in c and "--head" in c)
+    assert check < head, "the cache is checked before Ray starts"
+    assert "--node-ip-address=127.0.0.2" in commands[head] and "--include-dashboard=false" in commands[head]
+    assert "0.0.0.0" not in commands[head]
     assert any(":: ray start --block" in c and "--address=127.0.0.2:" in c and "--node-ip-address=127.0.0.3" in c
                for c in commands)
     assert any(":: python -m harness run --ray-address 127.0.0.2:" in c for c in commands)
-    head_start = next(c for c in commands if "ray start --head" in c)
-    assert "--include-dashboard=false" in head_start and "0.0.0.0" not in head_start
-    token = tmp / "jobs" / job_id / "ray_token"
-    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and len(token.read_text().strip()) == 64
+    assert watch.token_modes == {0o600}, "the token existed only as mode 600 while the job ran"
+    assert not (tmp / "jobs" / job_id / "ray_token").exists()
     assert "RAY_AUTH_TOKEN_PATH=" in (tmp / "jobs" / job_id / "head.env").read_text()
+    assert "code: image, image " in head_log.read_text()
+
+
+def _ray_ports(commands: list[str]) -> dict[str, set[int]]:
+    """The ports each `ray start` of the job was given, by kind."""
+    kinds: dict[str, set[int]] = {}
+    for c in commands:
+        if ":: ray start" not in c:
+            continue
+        flags = dict(re.findall(r"--([a-z-]+)=(\d+)\b", c))
+        for kind, flag in (("grpc", "port"), ("grpc", "node-manager-port"), ("grpc", "object-manager-port"),
+                           ("http", "dashboard-port"), ("http", "dashboard-agent-listen-port"),
+                           ("http", "dashboard-agent-grpc-port"), ("http", "metrics-export-port"),
+                           ("agent", "runtime-env-agent-port")):
+            if flag in flags:
+                kinds.setdefault(kind, set()).add(int(flags[flag]))
+        kinds.setdefault("grpc", set()).update(range(int(flags["min-worker-port"]), int(flags["max-worker-port"]) + 1))
+    return kinds
+
+
+def test_ray_listens_on_the_node_address_except_where_ray_cannot(pbt_job):
+    """Ray 2.60's gRPC servers (GCS, raylet, every core worker and the driver's) bind every interface
+    whatever --node-ip-address says, and no option changes it (ray-project/ray#7418): the per-job
+    token guards them. Everything else listens on the node's address, and no dashboard or metrics
+    port is open at all."""
+    *_, calls, _, watch = pbt_job
+    ports = _ray_ports(calls.read_text().splitlines())
+    listening = {(addr.rpartition(":")[0], int(addr.rpartition(":")[2]), name) for addr, name in watch.listeners}
+    assert {name for _, _, name in listening} >= {"gcs_server", "raylet"}, watch.listeners
+    ours = {(host, port, name) for host, port, name in listening if any(port in p for p in ports.values())}
+    assert not {(h, p, n) for h, p, n in ours if p in ports["http"]}, "a dashboard, agent or metrics port is open"
+    everywhere = {(h, p, n) for h, p, n in ours if h in ("*", "0.0.0.0", "[::]")}
+    assert all(p in ports["grpc"] for _, p, _ in everywhere), everywhere
+    assert all(h in ("127.0.0.2", "127.0.0.3") for h, _, _ in ours - everywhere), ours - everywhere
+    assert any(p in ports["agent"] for _, p, _ in ours - everywhere), "the runtime env agent is on the node address"
 
 
 def test_no_process_of_the_jobs_is_left(pbt_job, cluster):
-    tmp, _, job_id, _, _ = pbt_job
+    tmp, _, job_id, *_ = pbt_job
     assert cluster.run("squeue", "-h").stdout.strip() == ""
     (worker_log,) = (tmp / "logs").glob("ray_worker_bloom_5epochs-*.out")
-    worker_id = worker_log.stem.rsplit("-", 1)[1]
+    _assert_nothing_left(job_id, worker_log.stem.rsplit("-", 1)[1])
+
+
+def _assert_nothing_left(*job_ids: str) -> None:
     # each job's Ray processes carry its private temp dir /tmp/ray-<jobid>-XXXX in their command line
-    pattern = f"/tmp/ray-({job_id}|{worker_id})-|harness run --ray-address 127.0.0.2"
+    pattern = f"/tmp/ray-({'|'.join(job_ids)})-|harness run --ray-address 127.0.0.2"
     deadline = time.monotonic() + 10
     left = ""
     while time.monotonic() < deadline:
@@ -171,31 +271,77 @@ def test_no_process_of_the_jobs_is_left(pbt_job, cluster):
     assert left == "", f"left behind:\n{left}"
 
 
-def test_bad_override_fails_before_ray_starts(cluster, tmp_path):
-    rc, head_log, job_id = _submit(cluster, tmp_path, {"LR_LOWER": "2e-4", "LR_UPPER": "1e-5"})
+def _refused_before_ray(tmp: Path, head_log: Path, job_id: str, rc: int) -> str:
     text = head_log.read_text()
     assert rc == 2, text
-    assert "error: LR_LOWER=0.0002 must be below LR_UPPER=1e-05" in text
     assert "START" in text and "FINISH" in text
-    assert "starting Ray head" not in text and not (tmp_path / "jobs" / job_id).exists()
-    assert not list((tmp_path / "logs").glob("ray_worker_*")), "no worker may be submitted"
+    assert "starting Ray head" not in text and not (tmp / "jobs" / job_id).exists()
+    assert not list((tmp / "logs").glob("ray_worker_*")), "no worker may be submitted"
+    return text
 
 
-def test_manual_grid_job_runs_the_sequential_grid_in_one_job(cluster, tmp_path):
+def test_bad_override_fails_before_ray_starts(cluster, tmp_path):
+    rc, head_log, job_id = _submit(cluster, tmp_path, {"LR_LOWER": "2e-4", "LR_UPPER": "1e-5"})
+    text = _refused_before_ray(tmp_path, head_log, job_id, rc)
+    assert "error: LR_LOWER=0.0002 must be below LR_UPPER=1e-05" in text
+
+
+def test_an_empty_cache_stops_the_head_job_before_any_ray_process(cluster, tmp_path):
+    rc, head_log, job_id = _submit(cluster, tmp_path, {})
+    text = _refused_before_ray(tmp_path, head_log, job_id, rc)
+    cache = tmp_path / "results" / ".cache"
+    assert f"error: the cache {cache} has no tiny-bloom model for seed 42; fill it where there is network: " \
+           f"make prepare PRESET=smoke CACHE_DIR={cache} HARNESS_ARGS=--set=budget.trial_iterations=12" in text
+
+
+def test_a_job_without_an_image_refuses_unless_the_venv_is_chosen(cluster, tmp_path):
+    rc, head_log, job_id = _submit(cluster, tmp_path, {"HARNESS_SIF": ""})
+    text = _refused_before_ray(tmp_path, head_log, job_id, rc)
+    assert "no container image: HARNESS_SIF is not set" in text and "HARNESS_SIF=none" in text
+
+
+def test_manual_goes_through_the_head_job_alone_and_no_log_line_holds_the_tracking_password(cluster, tmp_path):
+    _prepare(tmp_path / "results")
+    (tmp_path / "results" / "server").mkdir()
+    with serve_mlflow(tmp_path / "results" / "server" / "mlflow.db") as port:
+        uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"
+        rc, log, job_id = _submit(cluster, tmp_path, {"STRATEGY": "manual", "MLFLOW_TRACKING_URI": uri},
+                                  name="manual_grid_bloom_5epochs")
+        text = log.read_text()
+        assert rc == 0, text[-4000:]
+        runs = runs_of("hpo-smoke", f"http://127.0.0.1:{port}")
+    out = _collect(log)
+    assert len([line for line in out.splitlines() if line.startswith("| manual_")]) == 4
+    assert re.search(r"^\| job start \| .* \|$", out, re.M) and "| total job time |" in out
+    assert "runs sequentially in this job: no Ray, no worker jobs" in text and "code: the virtual environment" in text
+    assert "ray start" not in text and not (tmp_path / "jobs" / job_id).exists()
+    assert not list((tmp_path / "logs").glob("ray_worker_*"))
+    assert f"MLflow: http://***@127.0.0.1:{port}" in text
+    (run_dir,) = [p for p in (tmp_path / "results").iterdir() if (p / "run_record.json").is_file()]
+    for where in [log, run_dir / "harness.log", *run_dir.rglob("*.log")]:
+        assert "s3cret-pw" not in where.read_text(errors="replace"), where
+    assert len(runs) == 5 and {r.data.tags.get("code") for r in runs if "mlflow.parentRunId" not in r.data.tags} == {"venv"}
+
+
+def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, tmp_path):
+    _prepare(tmp_path / "results")
     logs = tmp_path / "logs"
-    logs.mkdir()
-    env = {**os.environ, **cluster.env, "HARNESS_DIR": str(ROOT), "HARNESS_JOBS_DIR": str(tmp_path / "jobs"),
-           "RESULTS_DIR": str(tmp_path / "results"), "PRESET": "smoke", "HARNESS_ARGS": "--set budget.trial_iterations=12",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out",
-                           str(ROOT / "slurm" / "manual_grid_hpo.slurm")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    done = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out", str(HEAD)],
+                          capture_output=True, text=True, env=_env(cluster, tmp_path, {}), cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().split(";")[0]
-    log = logs / f"manual_grid_bloom_5epochs-{job_id}.out"
-    assert done.returncode == 0, log.read_text()[-4000:]
-    collected = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "harness", "collect", str(log)],
-                               capture_output=True, text=True, timeout=120)
-    assert collected.returncode == 0, collected.stderr
-    assert len([line for line in collected.stdout.splitlines() if line.startswith("| manual_")]) == 4
-    assert re.search(rf"^\| job start \| .* \|$", collected.stdout, re.M) and "| total job time |" in collected.stdout
+    head_log = logs / f"ray_head_bloom_5epochs-{job_id}.out"
+    deadline = time.monotonic() + 300
+    while "iterations  " not in (head_log.read_text() if head_log.is_file() else ""):  # a trial has reported
+        assert time.monotonic() < deadline and cluster.run("squeue", "-h", "-j", job_id).stdout.strip(), \
+            head_log.read_text()[-3000:] if head_log.is_file() else "no head log"
+        time.sleep(1)
+    cancelled = time.monotonic()
+    assert cluster.run("scancel", job_id).returncode == 0
+    while cluster.run("squeue", "-h").stdout.strip():
+        assert time.monotonic() - cancelled < 60, cluster.run("squeue").stdout
+        time.sleep(0.5)
+    text = head_log.read_text()
+    assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M), text[-3000:]
+    workers = [p.stem.rsplit("-", 1)[1] for p in logs.glob("ray_worker_bloom_5epochs-*.out")]
+    _assert_nothing_left(job_id, *workers)
