@@ -29,7 +29,7 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv prepare bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -113,6 +113,24 @@ define submit
 	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
 	sbatch --job-name=$(2) --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
 endef
+
+# The GPU machine (device in the tool library) has Python 3.12, torch and transformers, but no
+# DeepSpeed and no network: its wheels travel with the check (carry build/gpu-wheels).
+GPU_WHEELS ?= build/gpu-wheels
+GPU_PY ?= python3
+GPU_DEPS := hjson msgpack ninja py-cpuinfo pydantic pydantic-core annotated-types typing-inspection einops
+
+gpu-bundle: $(STAMP) ## build DeepSpeed (pure Python, DS_BUILD_OPS=0) and its missing dependencies as Python 3.12 wheels in GPU_WHEELS
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	DS_BUILD_OPS=0 $(PY) -m pip wheel --quiet --no-deps --no-build-isolation -c constraints.txt -w $(GPU_WHEELS) deepspeed
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -c constraints.txt -d $(GPU_WHEELS) $(GPU_DEPS)
+	du -sh $(GPU_WHEELS)
+
+gpu-check: ## on a GPU: BLOOM-560M-shaped trial segments (fp16, DeepSpeed ZeRO-2, one exploit); figures in results/gpu-check (no Ray/MLflow needed)
+	@$(GPU_PY) -c "import deepspeed" 2>/dev/null || { [[ -d $(GPU_WHEELS) ]] || { echo "error: no deepspeed here and no $(GPU_WHEELS); run make gpu-bundle where there is network" >&2; exit 2; }; \
+	  rm -rf build/gpu-site; for w in $(GPU_WHEELS)/*.whl; do $(GPU_PY) -m zipfile -e "$$w" build/gpu-site; done; }
+	PYTHONPATH=$(CURDIR)/build/gpu-site:$(CURDIR) DS_SKIP_CUDA_CHECK=1 PYTHONUNBUFFERED=1 $(GPU_PY) -m harness.gpucheck --out $(RESULTS_DIR)/gpu-check
 
 lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
 	$(PY) -m harness container lock

@@ -147,7 +147,7 @@ class SearchSpace:
 class ModelConfig:
     name: str = "tiny-bloom"
     """``tiny-bloom`` (built offline), a hub id such as ``bigscience/bloom-560m``, or a local
-    model directory. Hub ids honour ``HF_HUB_OFFLINE`` and the HF cache."""
+    model directory. ``make prepare`` saves it into the harness cache, where runs find it first."""
     max_length: int = 128
     """Tokens per example (question + context + answer); longer examples are dropped and counted."""
     tiny_vocab_size: int = 2000

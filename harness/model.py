@@ -7,7 +7,8 @@ Two kinds of model name:
   ``PreTrainedTokenizerFast``. It is built once and saved as an ordinary model folder in the cache,
   so every trial loads it exactly as it would load a hub model. Nothing touches the network.
 * anything else: a hub id (``bigscience/bloom-560m``) or a local model folder, loaded with
-  ``from_pretrained``. With ``HF_HUB_OFFLINE=1`` only the local HF cache is used.
+  ``from_pretrained``; once ``make prepare`` has saved it into the harness cache
+  (``harness.prepare``), runs load that folder and never reach the hub.
 """
 
 from __future__ import annotations

@@ -176,6 +176,13 @@ def _training_arguments(cfg: ExperimentConfig, seg: Segment, remaining: int, dis
     )
 
 
+def _peak_gpu_memory_mib(args: Any) -> float:
+    """The most GPU memory this process has held so far (0 on CPU)."""
+    import torch
+
+    return 0.0 if args.use_cpu else torch.cuda.max_memory_allocated() / 2**20
+
+
 def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: int = 1) -> None:
     """Train from ``seg.start_iteration`` to the planned iterations, calling ``report`` per iteration.
 
@@ -268,6 +275,7 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
                 "world_size": int(args.world_size),
                 "effective_batch_size": int(seg.hparams["per_device_train_batch_size"]) * int(args.world_size),
                 "deepspeed": bool(self.trainer.is_deepspeed_enabled),
+                "peak_gpu_memory_mib": _peak_gpu_memory_mib(args),
                 "segment_start_iteration": seg.start_iteration,
                 "exploited_from": seg.exploited_from if self.done == 1 else "",
                 **{phase_key(p): round(v, 4) for p, v in timing.items()},

@@ -48,6 +48,21 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def torch_extensions(cache_dir: Path) -> Path:
+    """DeepSpeed's CPU shared-memory op, built once here in one process. A rank that JIT-builds it
+    while its peer waits was seen to abort (SIGABRT) once in five fresh-clone runs; every rank now
+    finds it built (``TORCH_EXTENSIONS_DIR``, inherited, wins over a segment's own cache dir)."""
+    pytest.importorskip("deepspeed", reason="deepspeed is installed by `make venv`")
+    folder = cache_dir / "torch_extensions"
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(folder)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder
+
+    ShareMemCommBuilder().load(verbose=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smoke_cfg():
     from harness.config import resolve
 

@@ -106,9 +106,9 @@ def test_deepspeed_config_leaves_batch_lr_and_precision_to_the_trainer():
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_deepspeed_zero_trains_on_the_cpu_accelerator(stage, smoke_cfg, tiny_model_path, data_path, tmp_path):
+def test_deepspeed_zero_trains_on_the_cpu_accelerator(stage, smoke_cfg, tiny_model_path, data_path, tmp_path,
+                                                      torch_extensions):
     """The seed preset's DeepSpeed path, at smoke scale on DeepSpeed's CPU accelerator over gloo."""
-    pytest.importorskip("deepspeed", reason="deepspeed is installed by `make venv`")
     got = Collector(tmp_path / "ds")
     seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path, cache_dir=str(tmp_path / "cache"))
     exp = {**seg.experiment, "train": {**seg.experiment["train"], "iterations": 2, "deepspeed": True,
