@@ -29,7 +29,7 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -67,6 +67,10 @@ bench-asha: $(STAMP) ## run ASHA on the search space until the budget is spent (
 
 bench-pb2: $(STAMP) ## run PB2 (PBT with a GP-bandit explore step) on the same budget
 	$(call run_seeds,pb2)
+
+resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill or a stop before a time limit (same MLflow runs)
+	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }
+	HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness run --resume "$(RUN)" $(HARNESS_ARGS)
 
 bench-all: bench-manual bench-fifo bench-asha bench-pbt ## the four strategies, each once per seed in SEEDS
 

@@ -225,6 +225,10 @@ class Summary:
     run_dir: str
     trials: int
     errored: int
+    retries: int  # failures a trial survived by restarting from its last checkpoint
+    resumes: int  # times the run was continued with --resume after its driver died or stopped
+    redone_iterations: int  # iterations trained again after a resume (not yet checkpointed)
+    time_lost_s: float  # down time between a fault and its resume + trial-seconds redone
     trials_without_result: int
     budget_trial_iterations: int
     iterations_run: int
@@ -288,6 +292,10 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         run_dir=run_dir,
         trials=len(record.trials),
         errored=sum(t.status == "ERROR" for t in record.trials),
+        retries=sum(t.retries for t in record.trials),
+        resumes=len(record.resumes),
+        redone_iterations=sum(r["redone_iterations"] for r in record.resumes),
+        time_lost_s=sum(r["down_s"] + r["redone_s"] for r in record.resumes),
         trials_without_result=sum(not t.history for t in record.trials),
         budget_trial_iterations=record.budget_trial_iterations,
         iterations_run=iterations_run(record),
@@ -357,7 +365,7 @@ MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall"
            "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
            "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
            "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",
-           "trials_without_result", "completed_all_iterations")
+           "trials_without_result", "completed_all_iterations", "retries", "resumes", "redone_iterations", "time_lost_s")
 
 
 @dataclass

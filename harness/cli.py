@@ -12,6 +12,8 @@ from typing import Any
 from harness.config import ConfigError, available_presets, known_keys, resolve
 
 EXIT_BAD_INPUT = 2
+#: A run stopped early (SIGUSR1 before a SLURM time limit) with its state saved: --resume continues it.
+EXIT_STOPPED = 75
 
 #: CLI flags that override the search space (after the environment variables).
 SEARCH_FLAGS = {
@@ -37,11 +39,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wd-choices", help='weight decays, e.g. "0.0 0.01" (overrides WD_CHOICES)')
     p.add_argument("--results-dir", help="where run folders and the MLflow store go")
     p.add_argument("--seed", help="seeds data, model init, sampling, PBT's decisions and training (default: the preset's)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="the run in this folder, with its own config.json: `run --resume` continues it (its MLflow "
+                        "runs too) after a crash, a kill or a stop before a time limit")
+    p.add_argument("--no-mlflow", action="store_true",
+                   help="run without MLflow (the run folder keeps the record, tables and logs)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set budget.trial_iterations=24 (repeatable)")
 
 
 def _config_from(args: argparse.Namespace) -> Any:
+    if args.resume:
+        return _resumed_config(args)
     overrides: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for item in args.sets:
@@ -65,15 +74,47 @@ def _config_from(args: argparse.Namespace) -> Any:
     return resolve(args.preset, overrides=overrides, override_origins=origins)
 
 
+def _resumed_config(args: argparse.Namespace) -> Any:
+    """The config of the run in ``--resume RUN_DIR``; other config flags would change it: refused."""
+    import json
+    from pathlib import Path
+
+    from harness.config import ExperimentConfig
+
+    given = [flag for flag, on in (("--set", args.sets), ("--seed", args.seed), ("--strategy", args.strategy),
+                                   ("--results-dir", args.results_dir),
+                                   *((f, getattr(args, a)) for a, (f, _) in SEARCH_FLAGS.items())) if on]
+    if given:
+        raise ConfigError(f"--resume continues the run with its own config.json; drop {', '.join(given)}")
+    config = Path(args.resume) / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"--resume {args.resume!r} is not a run folder of this harness (no config.json); "
+                          "give a folder under results/")
+    return ExperimentConfig.from_dict(json.loads(config.read_text()))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness import runner
     from harness.redaction import redact
 
-    cfg = _config_from(args)
-    outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose)  # pre-flight refuses bad input first
+    if args.resume:
+        _resumed_config(args)  # refuses other config flags and a folder that is no run, in one line
+        outcome = runner.resume(args.resume, ray_address=args.ray_address, verbose=args.verbose,
+                                tracking=not args.no_mlflow)
+        cfg = outcome.cfg
+    else:
+        cfg = _config_from(args)
+        outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose,  # pre-flight refuses bad input
+                             tracking=not args.no_mlflow)
     print(outcome.tables_markdown)
     print(f"run folder: {outcome.run_dir}")
-    print(f"MLflow: {outcome.record.mlflow_run_id} in {redact(_tracking_uri(cfg))} (make mlflow-ui)")
+    if outcome.record.mlflow_run_id:
+        print(f"MLflow: {outcome.record.mlflow_run_id} in {redact(_tracking_uri(cfg))} (make mlflow-ui)")
+    if outcome.record.stopped:
+        print(f"stopped: {outcome.record.stopped}, before every trial was done; continue with "
+              f"python -m harness run --resume {outcome.run_dir} (make resume RUN=..., on SLURM: RESUME=...)",
+              file=sys.stderr)
+        return EXIT_STOPPED
     if outcome.failed_trials:
         print(f"error: {len(outcome.failed_trials)} trial(s) did not finish: {', '.join(outcome.failed_trials)}; "
               f"see {outcome.run_dir / 'run_record.json'}", file=sys.stderr)
@@ -98,6 +139,13 @@ def _cmd_job_plan(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args)
     uses_ray = 0 if strategies.spec(cfg.strategy).sequential else 1
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and not args.no_mlflow:  # a dead tracking server stops the job here, before Ray
+        from harness.reachability import tracking_problem
+
+        problem = tracking_problem(uri)
+        if problem:
+            raise ConfigError(f"{problem}; start it, or add --no-mlflow to HARNESS_ARGS")
     print(f"STRATEGY={cfg.strategy}\nUSES_RAY={uses_ray}")
     return 0
 
@@ -184,14 +232,43 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     cpu_only_deepspeed()
     cache = cache_dir(cfg)
     cache_args = ([f"--seed={args.seed}"] if args.seed is not None else []) + [f"--set={s}" for s in args.sets]
-    fix = prepare.prepare_command(args.preset, cache, cache_args)
+    fix = prepare.prepare_command(cfg.preset, cache, cache_args)
     if args.check:
         prepared = prepare.verify(cfg, cache, fix=fix)
-        print(f"cache complete for preset {args.preset} (model, dataset, tokenized data; fingerprint {prepared.fingerprint})")
+        print(f"cache complete for preset {cfg.preset} (model, dataset, tokenized data; fingerprint {prepared.fingerprint})")
         return 0
     prepared = prepare.prepare(cfg, cache, fix=fix)
-    print(f"prepared {cache} for preset {args.preset}, verified offline:")
+    print(f"prepared {cache} for preset {cfg.preset}, verified offline:")
     print("\n".join(f"  {line}" for line in prepared.lines()))
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from harness import events
+    from harness.config import ExperimentConfig
+    from harness.reachability import tracking_problem
+    from harness.tracking import SPOOL_FILE, Tracker, tracking_uri
+
+    run_dir = Path(args.run_dir).resolve()
+    if not (run_dir / "config.json").is_file() or not (run_dir / events.EVENTS_FILE).is_file():
+        raise ConfigError(f"{args.run_dir!r} is not a run folder of this harness; give a folder under results/")
+    spool = run_dir / SPOOL_FILE
+    waiting = [line for line in spool.read_text().splitlines() if line.strip()] if spool.is_file() else []
+    if not waiting:
+        print(f"{run_dir}: nothing waits for MLflow")
+        return 0
+    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    problem = tracking_problem(tracking_uri(cfg.results_dir))
+    if problem:
+        raise ConfigError(f"{problem}; {len(waiting)} event(s) stay in {spool}: run sync again when it answers")
+    tracker = Tracker(cfg, run_dir, tags={}, events=events.EventLog(run_dir), resume=events.mlflow_runs(run_dir))
+    tracker.parent_id, tracker.children = tracker.resume["parent"], dict(tracker.resume["children"])
+    if not tracker.flush(force=True):
+        raise ConfigError(f"MLflow stopped answering during the sync; {tracker.pending()} event(s) stay in {spool}")
+    print(f"{run_dir}: {len(waiting)} spooled event(s) sent to MLflow")
     return 0
 
 
@@ -324,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--check", action="store_true",
                       help="only verify, offline, that the cache holds everything a run reads (exit 2 if not)")
     prep.set_defaults(fn=_cmd_prepare)
+    syn = sub.add_parser("sync", help="send a run's MLflow events that the tracking server did not take "
+                         "(kept in <run>/mlflow_spool.jsonl), without duplicates")
+    syn.add_argument("run_dir")
+    syn.set_defaults(fn=_cmd_sync)
     col = sub.add_parser("collect", help="the seed's tables from a SLURM head job's log and its run record")
     col.add_argument("log")
     col.set_defaults(fn=_cmd_collect)

@@ -253,6 +253,9 @@ class TuneSettings:
     """Checkpoints kept per trial: enough for exploits (Ray warns at <= 2), bounded for disk."""
     reuse_actors: bool = True
     """Reuse Ray actors between trial segments (an iteration took ~12 s without, ~2 s with)."""
+    max_failures: int = 2
+    """Times a failed trial is restarted from its last checkpoint before it counts as errored
+    (Ray Tune's ``FailureConfig``; the manual grid does the same)."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The run record: what happened to every trial, from Ray's results as they arrive.
 
-The record is collected by a Ray Tune callback in the driver (every result passes through it,
-also with ``reuse_actors=True`` where Ray's own ``result.json`` lost rows), saved as
-``run_record.json`` in the run folder, and is the only input of the tables and of later
-analysis: nothing is scraped from the console.
+Every trial event reaches the driver through a Ray Tune callback (also with ``reuse_actors=True``,
+where Ray's own ``result.json`` lost rows) and is appended to the run's event log
+(``harness.events``); the record is derived from that log, saved as ``run_record.json`` in the
+run folder, and is the only input of the tables and of later analysis: nothing is scraped from
+the console.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class TrialRecord:
     started_at: float | None = None
     ended_at: float | None = None
     error: str = ""
+    retries: int = 0
+    """Times the trial failed and was restarted from its last checkpoint (``tune.max_failures``)."""
 
     @property
     def last(self) -> dict[str, Any]:
@@ -95,6 +98,11 @@ class RunRecord:
     """Trials that could run at once (1 for the sequential manual grid)."""
     budget_trial_iterations: int = 0
     """The comparison's budget this run was given (``ExperimentConfig.budget_iterations``)."""
+    resumes: list[dict[str, Any]] = field(default_factory=list)
+    """One entry per ``--resume``: when, how long the run stood still (``down_s``), and the
+    iterations (and trial-seconds) it trained again because they were not checkpointed."""
+    stopped: str = ""
+    """Why the run stopped before its trials were done (SIGUSR1 before a time limit), or ""."""
 
     @property
     def wall_s(self) -> float:

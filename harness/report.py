@@ -60,12 +60,20 @@ def duration(seconds: float) -> str:
 
 
 def job_table(record: RunRecord) -> Table:
-    return Table(
-        "job", "Job timing", ["field", "value"],
-        [["job start", timestamp(record.started_at)],
-         ["job finish", timestamp(record.finished_at)],
-         ["total job time", duration(record.wall_s)]],
-    )
+    rows = [["job start", timestamp(record.started_at)],
+            ["job finish", timestamp(record.finished_at)],
+            ["total job time", duration(record.wall_s)]]
+    for r in record.resumes:  # one run, continued: what each fault cost
+        rows.append(["resumed", f"{timestamp(r['at'])} after {r['down_s']:.1f} s down; {r['redone_iterations']} "
+                                f"iteration(s) trained again ({r['redone_s']:.1f} trial-s)"])
+    if record.stopped:
+        rows.append(["stopped", f"{record.stopped}: continue with python -m harness run --resume <this run folder>"])
+    errored = [t.name for t in record.trials if t.status == "ERROR"]
+    retries = sum(t.retries for t in record.trials)
+    if errored or retries:
+        rows.append(["trial failures", f"{retries} restarted from a checkpoint; {len(errored)} errored"
+                                       + (f" ({', '.join(errored)})" if errored else "")])
+    return Table("job", "Job timing", ["field", "value"], rows)
 
 
 def trials_table(record: RunRecord) -> Table:
@@ -74,11 +82,12 @@ def trials_table(record: RunRecord) -> Table:
         cfg = t.final_config
         rows.append([
             t.name, t.status, cfg.get("lr"), cfg.get("per_device_train_batch_size"), cfg.get("weight_decay"),
-            t.iterations, round(t.runtime_s, 2), t.eval_loss, len(t.exploits),
+            t.iterations, round(t.runtime_s, 2), t.eval_loss, len(t.exploits), t.retries,
         ])
     return Table(
         "trials", "Trials (hyperparameters as at the end of each trial)",
-        ["trial", "status", "lr", "batch size", "weight decay", "iterations", "total time (s)", "eval_loss", "exploits"],
+        ["trial", "status", "lr", "batch size", "weight decay", "iterations", "total time (s)", "eval_loss", "exploits",
+         "retries"],
         rows,
     )
 
@@ -134,7 +143,8 @@ COMPARISON_COLUMNS = [
     ("pure_s", "train+eval (s)"), ("overhead_s", "overhead (s)"), ("overhead_ratio", "overhead ratio"),
     ("first_iteration_ratio", "1st/later iteration"), ("early_stop_avoided_s", "avoided by early stop (trial-s)"),
     ("discarded_s", "discarded by exploits (trial-s)"), ("exploits", "exploits"),
-    ("distinct_configs", "distinct configs"),
+    ("distinct_configs", "distinct configs"), ("errored", "errored trials"), ("retries", "trial retries"),
+    ("resumes", "resumes"), ("time_lost_s", "time lost to faults (s)"),
 ]
 
 
@@ -181,12 +191,14 @@ def comparison_table(aggregates: list[Any]) -> Table:
             f"{row['slot_utilization']:.0%}" if not math.isnan(row["slot_utilization"]) else "",
             num(row["overhead_ratio"], 2), num(row["first_iteration_ratio"], 2), num(row["early_stop_avoided_s"]),
             num(row["discarded_s"]), num(row["exploits"], 0), num(row["distinct_configs"], 0),
+            num(row["errored"], 0), num(row["retries"], 0), num(row["time_lost_s"]),
         ])
     return Table("comparison", "Strategies side by side (medians across seeds, [bootstrap 95% interval])",
                  ["strategy", "role", "seeds", "iterations run / budget", "slots", "best eval_loss", "rank per seed",
                   "wall (s)", "Σ trial runtime (s)", "trials at once (Σ/window)", "slot utilization",
                   "overhead ratio", "1st/later iteration", "avoided by early stop (trial-s)",
-                  "discarded by exploits (trial-s)", "exploits", "distinct configs"], rows)
+                  "discarded by exploits (trial-s)", "exploits", "distinct configs", "errored trials",
+                  "trial retries", "time lost to faults (s)"], rows)
 
 
 def comparison_csv(aggregates: list[Any]) -> str:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import shutil
-import time
+import signal
+import threading
+from typing import Any
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,15 +28,24 @@ class Outcome:
     record: RunRecord
     run_dir: Path
     tables_markdown: str
+    cfg: ExperimentConfig
 
     @property
     def failed_trials(self) -> list[str]:
-        return [t.name for t in self.record.trials if t.status != "TERMINATED"]
+        return [t.name for t in self.record.trials if t.status == "ERROR"]
 
 
-def preflight(cfg: ExperimentConfig, ray_address: str = "local") -> None:
+def preflight(cfg: ExperimentConfig, ray_address: str = "local", *, tracking: bool = True) -> None:
     """Refuse, before anything starts, what cannot run here; each message names the fix."""
     strategy = strategies.spec(cfg.strategy)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if tracking and uri:
+        from harness.reachability import tracking_problem
+
+        problem = tracking_problem(uri)
+        if problem:
+            raise ConfigError(f"{problem}; start it, unset MLFLOW_TRACKING_URI for the local sqlite store, "
+                              "or run without MLflow: --no-mlflow (the run folder keeps every record)")
     if strategy.exploits and strategy.planned_trials(cfg) < 2:
         raise ConfigError(
             f"budget.trial_iterations={cfg.budget_iterations()} gives {cfg.strategy} a population of "
@@ -94,10 +106,10 @@ class Progress:
     """A sink that logs one line per reported iteration: how much of the budget is spent, the
     trial, its metric, and the best so far (on the console instead of Ray's trial table)."""
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, already: int = 0):
         self.metric, self.mode = cfg.tune.metric, cfg.tune.mode
         self.budget, self.planned = cfg.budget_iterations(), cfg.train.iterations
-        self.spent = 0
+        self.spent = already
         self.best: tuple[float, str] | None = None
         self.log = logging.getLogger("harness.progress")
 
@@ -120,6 +132,10 @@ class Progress:
             result.get("weight_decay") or 0, f"  (from {short_id(donor)}'s checkpoint)" if donor else "",
             self.best[0] if self.best else nan, self.best[1] if self.best else "-",
         )
+
+    def trial_retried(self, trial_id: str, error: str) -> None:
+        last = error.strip().splitlines()[-1] if error.strip() else "no error message"
+        self.log.warning("%s failed (%s); restarting it from its last checkpoint", short_id(trial_id), last)
 
     def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
         if status != "TERMINATED":
@@ -151,29 +167,89 @@ def cache_dir(cfg: ExperimentConfig) -> Path:
     return Path(os.environ.get("HARNESS_CACHE") or Path(cfg.results_dir) / ".cache").resolve()
 
 
-def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = False) -> Outcome:
-    preflight(cfg, ray_address)
+def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
+    preflight(cfg, ray_address, tracking=tracking)
     cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
     run_dir = _run_dir(cfg)
     handler = _log_to(run_dir)
     try:
-        return _run(cfg, run_dir, ray_address, verbose)
+        return _run(cfg, run_dir, ray_address, verbose, tracking, previous=None)
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
-def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool) -> Outcome:
+def resume(run_dir: str | Path, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
+    """Continue a run whose driver died or stopped: the same folder, the same MLflow runs."""
+    from harness import events
+
+    run_dir = Path(run_dir).resolve()
+    if not (run_dir / events.EVENTS_FILE).is_file() or not (run_dir / "config.json").is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r} is not a run folder of this harness (no {events.EVENTS_FILE} "
+                          "and config.json); give a folder under results/")
+    if events.finished(run_dir):
+        raise ConfigError(f"--resume {str(run_dir)!r}: the run is complete, nothing to resume")
+    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    previous = events.replay(run_dir)
+    if tracking and not previous.mlflow_run_id:
+        log.info("%s ran without MLflow (--no-mlflow); it continues without it", run_dir)
+        tracking = False
+    preflight(cfg, ray_address, tracking=tracking)
+    if not strategies.spec(cfg.strategy).sequential:
+        from ray.tune import Tuner
+
+        if not Tuner.can_restore(str(run_dir / "ray")):
+            raise ConfigError(f"--resume {str(run_dir)!r}: Ray Tune saved no experiment state in it before the driver "
+                              "died; this run cannot be continued, start it again")
+    handler = _log_to(run_dir)
+    try:
+        return _run(cfg, run_dir, ray_address, verbose, tracking, previous=previous)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def _stop_on_usr1(stop: threading.Event) -> None:
+    """SLURM sends SIGUSR1 before the time limit (--signal=B:USR1@margin, forwarded by the head job):
+    finish the iteration in flight, keep its checkpoint, and stop. Ray Tune installs its own
+    handler for the same signal while it runs, and stops the same way."""
+    def handler(signum: int, frame: Any) -> None:
+        log.warning("SIGUSR1: stopping after the iteration in flight; continue with --resume")
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, handler)
+
+
+def _stopped(record: RunRecord, cfg: ExperimentConfig, stop: threading.Event) -> str:
+    """Why the run is incomplete ("" when every planned trial ended)."""
+    spec = strategies.spec(cfg.strategy)
+    open_trials = [t.trial_id for t in record.trials if t.status not in ("TERMINATED", "ERROR")]
+    missing = (spec.planned_trials(cfg) - len(record.trials)) if spec.trials != strategies.TRIALS_UNTIL_SPENT else 0
+    if open_trials or missing > 0 or stop.is_set():
+        return "SIGUSR1 (a time limit)" if stop.is_set() or open_trials else "interrupted"
+    return ""
+
+
+def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool, tracking: bool,
+         previous: RunRecord | None) -> Outcome:
+    from harness import events
     from harness.data import prepare
     from harness.model import load_tokenizer, resolve_model_path
     from harness.provenance import provenance
     from harness.report import write_tables
-    from harness.tracking import Tracker
+    from harness.tracking import NoTracker, Tracker
 
-    (run_dir / "config.json").write_text(cfg.to_json())
-    record = RunRecord(strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed, config=cfg.to_dict(),
-                       started_at=time.time(), budget_trial_iterations=cfg.budget_iterations())
-    log.info("run folder: %s (full log: harness.log, trial processes: logs/)", run_dir)
+    log_events = events.EventLog(run_dir)
+    if previous is None:
+        (run_dir / "config.json").write_text(cfg.to_json())
+        log_events.write("run_started", strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed,
+                         config=cfg.to_dict(), budget=cfg.budget_iterations())
+        log.info("run folder: %s (full log: harness.log, trial processes: logs/)", run_dir)
+    else:
+        log_events.write("resumed", pid=os.getpid())
+        done = sum(t.iterations for t in previous.trials)
+        log.info("resuming %s: %d trial(s) known, %d iteration(s) done", run_dir, len(previous.trials), done)
 
     cache = cache_dir(cfg)
     model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
@@ -182,17 +258,29 @@ def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool) 
     log.info("model: %s; tokenized data: %s", model_path, data_path)
     spec = strategies.spec(cfg.strategy)
     strategy = strategies.get(cfg.strategy)
+    stop = threading.Event()
+    _stop_on_usr1(stop)
 
-    with Tracker(cfg, run_dir, tags=provenance()) as tracker:
-        record.mlflow_run_id = tracker.parent_id
+    continued = events.mlflow_runs(run_dir) if previous is not None else None
+    tracker_cm = Tracker(cfg, run_dir, tags=provenance(), events=log_events, resume=continued) if tracking else NoTracker()
+    with tracker_cm as tracker:
+        if previous is None and tracker.parent_id:
+            log_events.write("mlflow_parent", run_id=tracker.parent_id)
+        progress = Progress(cfg, already=sum(t.iterations for t in previous.trials) if previous else 0)
         ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
                                          cache_dir=str(cache), ray_address=ray_address,
-                                         sinks=[record, tracker, Progress(cfg)], verbose=verbose)
+                                         sinks=[log_events, tracker, progress], verbose=verbose,
+                                         previous=previous, stop=stop)
+        slots = 0
         try:
-            record.slots = strategy(ctx).slots
+            slots = strategy(ctx).slots
         finally:
-            record.finished_at = time.time()
+            stopped = _stopped(events.replay(run_dir), cfg, stop)
+            log_events.write("run_finished", slots=slots or (previous.slots if previous else 0), stopped=stopped)
+            record = events.replay(run_dir)
             record.save(run_dir)
+        if stopped:
+            tracker.stopped(stopped)
         text, tables_dir = write_tables(record, run_dir)
         artifacts_dir = run_dir / "strategy_artifacts"
         for pattern in spec.artifacts:
@@ -201,4 +289,4 @@ def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool) 
                 shutil.copy2(path, artifacts_dir / path.name)
         tracker.log_summary(summary_metrics(record),
                             [run_dir / "config.json", run_dir / "run_record.json", tables_dir, artifacts_dir])
-    return Outcome(record=record, run_dir=run_dir, tables_markdown=text)
+    return Outcome(record=record, run_dir=run_dir, tables_markdown=text, cfg=cfg)

@@ -10,18 +10,24 @@ metrics and tags too. The parent run is created and ended by the harness.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from harness.redaction import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
+# A tracking server that stops answering mid-run costs one failed request, not minutes of urllib3
+# retries with the Tune controller (and so every trial) waiting: events are spooled instead.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 if redact(os.environ.get("MLFLOW_TRACKING_URI", "")) != os.environ.get("MLFLOW_TRACKING_URI", ""):
     # MLflow writes "View run ... at: <the URI, password included>" to stdout, past any log filter
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -86,10 +92,48 @@ def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> 
     return experiment_id
 
 
+SPOOL_FILE = "mlflow_spool.jsonl"
+#: Seconds between attempts to reach a tracking server that stopped answering.
+RETRY_S = 5.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message names it and what was kept."""
+
+
+def spooled(method: Callable[..., None]) -> Callable[..., None]:
+    """Tracking never stops training: a call the server does not take is appended, with its
+    arguments, to ``<run>/mlflow_spool.jsonl``, and every spooled call is replayed in order as soon
+    as the server answers again (tried at most every RETRY_S seconds), or by ``harness sync``."""
+
+    @functools.wraps(method)
+    def guarded(self: Tracker, *args: Any) -> None:
+        if self.pending() and not self.flush():
+            self.spool(method.__name__, args)
+            return
+        try:
+            method(self, *args)
+        except Exception as exc:  # noqa: BLE001 - any failure of the tracking server: keep the event, train on
+            self.went_offline(exc)
+            self.spool(method.__name__, args)
+
+    guarded.raw = method  # type: ignore[attr-defined]
+    return guarded
+
+
 class Tracker:
     """Sink for trial events that writes MLflow runs; use as a context manager around a run."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, tags: dict[str, str]):
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, tags: dict[str, str], *,
+                 events: Any = None, resume: dict[str, Any] | None = None):
+        """``events``: the run's event log, told every child run's id; ``resume``: the parent and
+        child run ids of an earlier driver (``harness.events.mlflow_runs``), continued, not recreated."""
+        self.events = events
+        self.resume = resume
+        self.stop_reason = ""
+        self.spool_path = Path(run_dir) / SPOOL_FILE
+        self.last_attempt = 0.0
+        self.replaying = False
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         results_dir = Path(cfg.results_dir)
@@ -114,6 +158,13 @@ class Tracker:
                 f"best_eval_loss, ...). Run folder: {self.run_dir.resolve()}")
 
     def __enter__(self) -> Tracker:
+        if self.resume:
+            self.parent_id = self.resume["parent"]
+            self.children = dict(self.resume["children"])
+            resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self.client.set_tag(self.parent_id, "resumes", str(resumes))
+            return self
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.run_name,
@@ -129,12 +180,67 @@ class Tracker:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
-        for trial_id, run_id in self.children.items():  # a child left RUNNING by an abort
+        if exc_type is None and self.stop_reason:  # stopped before a time limit: --resume continues these runs
+            status = "KILLED"
+        self.terminate(status)
+        if self.pending() and not self.flush(force=True):
+            log.warning("MLflow (%s) did not answer: %d event(s) kept in %s; `python -m harness sync %s` sends them "
+                        "when it is back", redact(self.uri), self.pending(), self.spool_path, self.run_dir)
+
+    @spooled
+    def terminate(self, status: str) -> None:
+        for run_id in self.children.values():  # a child left RUNNING by an abort
             if self.client.get_run(run_id).info.status == "RUNNING":
                 self.client.set_terminated(run_id, status="KILLED" if status != "FINISHED" else "FINISHED")
         self.client.set_terminated(self.parent_id, status=status)
 
-    def log_summary(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
+    # -- the spool: events the server did not take ------------------------------------------
+
+    def pending(self) -> int:
+        if not self.spool_path.is_file():
+            return 0
+        return sum(1 for line in self.spool_path.read_text().splitlines() if line.strip())
+
+    def spool(self, name: str, args: tuple[Any, ...]) -> None:
+        with open(self.spool_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"call": name, "args": list(args)}, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def went_offline(self, exc: Exception) -> None:
+        self.last_attempt = time.monotonic()
+        if not self.pending():
+            log.warning("MLflow (%s) stopped answering (%s: %s); spooling its events to %s, training goes on",
+                        redact(self.uri), type(exc).__name__, redact(str(exc).splitlines()[0] if str(exc) else ""),
+                        self.spool_path)
+
+    def flush(self, force: bool = False) -> bool:
+        """Replay the spool in order; True when it is empty afterwards. At most every RETRY_S
+        seconds unless ``force``; a call that fails again stops the replay where it is."""
+        if not force and time.monotonic() - self.last_attempt < RETRY_S:
+            return False
+        self.last_attempt = time.monotonic()
+        lines = [line for line in self.spool_path.read_text().splitlines() if line.strip()]
+        done = 0
+        self.replaying = True
+        try:
+            for line in lines:
+                entry = json.loads(line)
+                getattr(type(self), entry["call"]).raw(self, *entry["args"])
+                done += 1
+        except Exception:  # noqa: BLE001 - still down: keep what is left, try later
+            return False
+        finally:
+            self.replaying = False
+            rest = lines[done:]
+            self.spool_path.write_text("".join(f"{line}\n" for line in rest))
+            if done:
+                log.info("MLflow answers again: %d spooled event(s) sent, %d left", done, len(rest))
+        return True
+
+    @spooled
+    def log_summary(self, metrics: dict[str, float], artifacts: list[Path | str]) -> None:
+        artifacts = [Path(a) for a in artifacts]
         self.client.log_batch(
             self.parent_id,
             metrics=[Metric(k, float(v), _now_ms(), 0) for k, v in metrics.items() if v is not None and not math.isnan(v)],
@@ -147,8 +253,25 @@ class Tracker:
 
     # -- sink interface ----------------------------------------------------------------------
 
+    def stopped(self, reason: str) -> None:
+        self.stop_reason = reason
+        self._tag_stopped(reason)
+
+    @spooled
+    def _tag_stopped(self, reason: str) -> None:
+        self.client.set_tag(self.parent_id, "stopped", reason)
+
+    @spooled
     def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
-        if trial_id in self.children:  # PBT restarts an exploited trial: same child run
+        if trial_id not in self.children and self.replaying:  # the server may have taken it before it failed
+            found = self.client.search_runs(
+                [self.experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+            if found:
+                self.children[trial_id] = found[0].info.run_id
+        if trial_id in self.children:  # PBT restarts an exploited trial, a resume a stopped one: same child run
+            run_id = self.children[trial_id]
+            if self.client.get_run(run_id).info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
             return
         hp = ", ".join(f"{k}={config[k]:g}" if isinstance(config.get(k), float) else f"{k}={config.get(k)}"
                        for k in HPARAMS if k in config)
@@ -163,13 +286,25 @@ class Tracker:
                                "went (phase_*_s)."},
         )
         self.children[trial_id] = run.info.run_id
+        if self.events is not None:
+            self.events.mlflow_child(trial_id, run.info.run_id)
         params = [Param(k, str(config[k])) for k in HPARAMS if k in config]
         self.client.log_batch(run.info.run_id, params=params + [Param("trial_id", trial_id)])
 
     def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        # the time of the result, kept in the spool: a replay logs the same point, and can see it is there
+        self._log_result(trial_id, {**{k: result.get(k) for k in (*ITERATION_METRICS, "iteration",
+                                                                   "training_iteration", "exploited_from", *HPARAMS)},
+                                    "_ts": _now_ms()})
+
+    @spooled
+    def _log_result(self, trial_id: str, result: dict[str, Any]) -> None:
         run_id = self.children[trial_id]
         step = int(result.get("iteration") or result.get("training_iteration") or 0)
-        ts = _now_ms()
+        ts = int(result["_ts"])
+        if self.replaying and any(m.step == step and m.timestamp == ts
+                                  for m in self.client.get_metric_history(run_id, "exploited")):
+            return  # the server took it before the connection failed
         metrics = [
             Metric(k, float(result[k]), ts, step)
             for k in ITERATION_METRICS
@@ -182,6 +317,15 @@ class Tracker:
             tags.append(RunTag(f"exploit.{step}", json.dumps({"donor": donor, "config": {k: result.get(k) for k in HPARAMS}})))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
+    @spooled
+    def trial_retried(self, trial_id: str, error: str) -> None:
+        run_id = self.children.get(trial_id)
+        if run_id is not None:
+            retries = int(self.client.get_run(run_id).data.tags.get("retries", "0")) + 1
+            self.client.set_tag(run_id, "retries", str(retries))
+            self.client.set_tag(run_id, f"retry.{retries}.error", error[-2000:])
+
+    @spooled
     def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
         run_id = self.children.get(trial_id)
         if run_id is None:
@@ -189,6 +333,33 @@ class Tracker:
         if error:
             self.client.set_tag(run_id, "error", error[-5000:])
         self.client.set_terminated(run_id, status="FINISHED" if status == "TERMINATED" else "FAILED")
+
+
+class NoTracker:
+    """``--no-mlflow``: the same interface, nothing written (the run folder keeps every record)."""
+
+    parent_id = ""
+
+    def __enter__(self) -> NoTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def log_summary(self, metrics: dict[str, float], artifacts: list[Path]) -> None:
+        return None
+
+    def stopped(self, reason: str) -> None:
+        return None
+
+    def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
+        return None
+
+    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        return None
+
+    def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
+        return None
 
 
 def _now_ms() -> int:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -176,6 +177,37 @@ def _training_arguments(cfg: ExperimentConfig, seg: Segment, remaining: int, dis
     )
 
 
+#: Tests only, never set in production: ``<trial>:<iteration>:<raise|kill>`` makes that trial
+#: (``c02`` or its full id) fail once at that iteration, after its evaluation and before its
+#: report, by raising or by SIGKILLing its own process. ``HARNESS_FAULT_DIR`` (required with it)
+#: holds the marker that makes it once: the retry from the last checkpoint passes.
+FAULT_ENV, FAULT_DIR_ENV = "HARNESS_FAULT", "HARNESS_FAULT_DIR"
+
+
+class InjectedFault(RuntimeError):
+    """The failure HARNESS_FAULT asked for."""
+
+
+def inject_fault(trial_id: str, iteration: int) -> None:
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec:
+        return
+    from harness.records import short_id
+
+    who, at, action = spec.split(":")
+    if who not in (trial_id, short_id(trial_id)) or int(at) != iteration:
+        return
+    marker = Path(os.environ[FAULT_DIR_ENV]) / f"{short_id(trial_id)}-{trial_id}-{iteration}"
+    try:
+        marker.touch(exist_ok=False)  # once: the retry finds the marker and carries on
+    except FileExistsError:
+        return
+    log.warning("%s: injected fault at iteration %d (%s)", trial_id, iteration, action)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise InjectedFault(f"{FAULT_ENV}={spec}: trial {trial_id} fails at iteration {iteration}")
+
+
 def _peak_gpu_memory_mib(args: Any) -> float:
     """The most GPU memory this process has held so far (0 on CPU)."""
     import torch
@@ -249,6 +281,7 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
             self.trainer.save_model(str(target / MODEL_DIR))
             if rank != 0:
                 return
+            inject_fault(seg.trial_id, iteration)
             eval_s = float(metrics.get("eval_runtime") or 0.0)
             timing = {
                 "train": max(0.0, evaluated - self.boundary - eval_s),

@@ -126,11 +126,12 @@ def smoke_pbt(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def serve_mlflow(store: Path) -> Iterator[int]:
-    """A real `mlflow server` on 127.0.0.1 over the sqlite ``store``; yields its port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def serve_mlflow(store: Path, port: int = 0) -> Iterator[int]:
+    """A real `mlflow server` on 127.0.0.1 over the sqlite ``store`` (on ``port``, or a free one); yields its port."""
+    if not port:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

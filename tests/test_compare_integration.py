@@ -6,10 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -345,3 +345,82 @@ def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, tmp_path):
     assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M), text[-3000:]
     workers = [p.stem.rsplit("-", 1)[1] for p in logs.glob("ray_worker_bloom_5epochs-*.out")]
     _assert_nothing_left(job_id, *workers)
+
+
+def _submit_nowait(cluster, tmp: Path, extra_env: dict[str, str]) -> tuple[str, Path]:
+    logs = tmp / "logs"
+    done = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out", str(HEAD)],
+                          capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=60)
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip().split(";")[0]
+    return job_id, logs / f"ray_head_bloom_5epochs-{job_id}.out"
+
+
+def _results_in(results: Path, *, node: str = "") -> int:
+    from harness import events
+
+    total = 0
+    for folder in results.glob("*/events.jsonl"):
+        total += sum(e["event"] == "trial_result" and (not node or e["row"].get("node_ip") == node)
+                     for e in events.read(folder.parent))
+    return total
+
+
+def _wait_until(cluster, job_id: str, head_log: Path, condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        running = cluster.run("squeue", "-h", "-j", job_id).stdout.strip()
+        assert running and time.monotonic() < deadline, \
+            f"{what}: " + (head_log.read_text()[-3000:] if head_log.is_file() else "no head log")
+        time.sleep(1)
+
+
+def _wait_for_empty_queue(cluster, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while cluster.run("squeue", "-h").stdout.strip():
+        assert time.monotonic() < deadline, cluster.run("squeue").stdout
+        time.sleep(1)
+
+
+def test_usr1_before_the_time_limit_stops_the_head_job_and_resume_continues_under_one_mlflow_parent(cluster, tmp_path):
+    _prepare(tmp_path / "results")
+    job_id, head_log = _submit_nowait(cluster, tmp_path, {})
+    _wait_until(cluster, job_id, head_log, lambda: _results_in(tmp_path / "results") >= 4, "no results")
+    assert cluster.run("scancel", "--signal=USR1", "--batch", job_id).returncode == 0
+    _wait_for_empty_queue(cluster)
+    text = head_log.read_text()
+    assert "SIGUSR1: the time limit is near" in text and "head job done (exit 75)" in text, text[-3000:]
+    assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
+    (run_dir,) = [p.parent for p in (tmp_path / "results").glob("*/events.jsonl")]
+    assert RunRecord.load(run_dir).stopped
+
+    rc, log, resumed_id = _submit(cluster, tmp_path, {"RESUME": str(run_dir)})
+    assert rc == 0, log.read_text()[-4000:]
+    record = RunRecord.load(run_dir)
+    assert not record.stopped and len(record.resumes) == 1
+    assert all(t.status == "TERMINATED" and [r["iteration"] for r in t.history] == [1, 2, 3] for t in record.trials)
+    runs = runs_of("hpo-smoke", f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    assert len(runs) == 5 and sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    _assert_nothing_left(job_id, resumed_id)
+
+
+def test_a_worker_job_cancelled_mid_run_costs_only_its_in_flight_iterations(cluster, tmp_path):
+    _prepare(tmp_path / "results")
+    job_id, head_log = _submit_nowait(cluster, tmp_path, {})
+    _wait_until(cluster, job_id, head_log, lambda: _results_in(tmp_path / "results", node="127.0.0.3") >= 1,
+                "no result from the worker node")
+    (worker_log,) = (tmp_path / "logs").glob("ray_worker_bloom_5epochs-*.out")
+    worker_id = worker_log.stem.rsplit("-", 1)[1]
+    assert cluster.run("scancel", worker_id).returncode == 0
+    _wait_for_empty_queue(cluster, timeout=600)
+    text = head_log.read_text()
+    assert "head job done (exit 0)" in text, text[-4000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "results").glob("*/events.jsonl")]
+    record = RunRecord.load(run_dir)
+    assert all(t.status == "TERMINATED" and [r["iteration"] for r in t.history] == [1, 2, 3] for t in record.trials)
+    retried = [t for t in record.trials if t.retries]
+    assert retried, "the worker's trials were restarted"
+    assert all(row["node_ip"] == "127.0.0.2" for t in retried for row in t.history[-1:])
+    print(f"retried after losing the worker: {[(t.name, t.retries) for t in retried]}")
+    _assert_nothing_left(job_id, worker_id)

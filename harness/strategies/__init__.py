@@ -82,6 +82,14 @@ class StrategyContext:
     """Receivers of trial_started / trial_result / trial_ended (the RunRecord, the MLflow tracker)."""
     verbose: bool = False
     """Ray's own trial table and every trial process's output on the console (else: in the run folder)."""
+    previous: Any = None
+    """With ``--resume``: the RunRecord replayed from the run's event log (what is already done)."""
+    stop: Any = None
+    """A ``threading.Event`` set when the run must stop early (SIGUSR1 before a SLURM time limit)."""
+
+    @property
+    def resuming(self) -> bool:
+        return self.previous is not None
 
 
 def names() -> list[str]:

@@ -1,10 +1,18 @@
 """The seed's sequential manual grid: one combination after another in this process, no Ray, no
 scheduler deciding anything. Each combination trains for the full number of iterations through
-the very same trial code the Ray strategies use."""
+the very same trial code the Ray strategies use.
+
+Faults cost what Ray Tune's would: the latest checkpoint of the combination in flight is kept in
+the run folder (``manual_checkpoints/<trial>``), a failed combination restarts from it up to
+``tune.max_failures`` times, ``--resume`` skips the finished combinations and restarts the one
+in flight from it, and SIGUSR1 stops the grid after the iteration in flight.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import socket
 import tempfile
@@ -14,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.strategies import StrategyContext, StrategyResult
-from harness.train import Segment, run_trial_segment
+from harness.train import META_FILE, MODEL_DIR, Segment, run_trial_segment
 
 log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """SIGUSR1 arrived: the iteration in flight is checkpointed and reported; the grid stops."""
 
 
 def _node_ip() -> str:
@@ -26,38 +38,83 @@ def _node_ip() -> str:
         return "127.0.0.1"
 
 
+def _keep(ckpt_dir: str, dest: Path) -> None:
+    """The newest checkpoint of a combination replaces the previous one in one rename."""
+    tmp = dest.with_name(f"{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt_dir, tmp)
+    old = dest.with_name(f"{dest.name}.old")
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restart_point(kept: Path) -> dict[str, Any]:
+    """Where a combination continues: after its kept checkpoint, or from the start."""
+    if not (kept / META_FILE).is_file():
+        return {}
+    meta = json.loads((kept / META_FILE).read_text())
+    return {"start_iteration": int(meta["iteration"]), "init_weights": str(kept / MODEL_DIR),
+            "epochs_before": float(meta["epoch"])}
+
+
 def run(ctx: StrategyContext) -> StrategyResult:
     cfg = ctx.cfg
     combos = cfg.search.grid(cfg.grid_lrs())
     ip = _node_ip()
+    finished = {t.trial_id for t in ctx.previous.trials if t.status == "TERMINATED"} if ctx.resuming else set()
+    checkpoints = Path(ctx.run_dir) / "manual_checkpoints"
     for index, hparams in enumerate(combos):
         trial_id = f"manual_{index:05d}"
+        if trial_id in finished:
+            continue
         name = (f"{trial_id}_lr={hparams['lr']:.3g},bs={hparams['per_device_train_batch_size']},"
                 f"wd={hparams['weight_decay']:g}")
         for sink in ctx.sinks:
             sink.trial_started(trial_id, name, hparams)
-        workdir = Path(tempfile.mkdtemp(prefix=f"harness-{trial_id}-"))
+        kept = checkpoints / trial_id
         last = [time.time()]
 
-        def report(metrics: dict[str, Any], ckpt_dir: str, trial_id: str = trial_id) -> None:
+        def report(metrics: dict[str, Any], ckpt_dir: str, trial_id: str = trial_id, kept: Path = kept) -> None:
             now = time.time()
             row = {**metrics, "training_iteration": metrics["iteration"], "time_this_iter_s": now - last[0],
-                   "node_ip": ip}
+                   "node_ip": ip, "pid": os.getpid()}
             last[0] = now
+            _keep(ckpt_dir, kept)  # before the report: what was reported can always be continued
             for sink in ctx.sinks:
                 sink.trial_result(trial_id, row)
+            if ctx.stop is not None and ctx.stop.is_set():
+                raise StopRequested
 
-        seg = Segment(experiment=cfg.to_dict(), hparams=hparams, model_path=ctx.model_path,
-                      data_path=ctx.data_path, trial_id=trial_id, workdir=str(workdir), cache_dir=ctx.cache_dir)
-        status, error = "TERMINATED", ""
+        status, error, failures = "TERMINATED", "", 0
         log.info("manual grid %d/%d: %s", index + 1, len(combos), name)
-        try:
-            run_trial_segment(seg, report)
-        except Exception:  # one failed combination must not cost the others: recorded, reported, exit 1
-            status, error = "ERROR", traceback.format_exc()
-            log.error("%s failed:\n%s", name, error)
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        while True:
+            workdir = Path(tempfile.mkdtemp(prefix=f"harness-{trial_id}-"))
+            seg = Segment(experiment=cfg.to_dict(), hparams=hparams, model_path=ctx.model_path,
+                          data_path=ctx.data_path, trial_id=trial_id, workdir=str(workdir), cache_dir=ctx.cache_dir,
+                          **_restart_point(kept))
+            last[0] = time.time()
+            try:
+                run_trial_segment(seg, report)
+                break
+            except StopRequested:
+                log.warning("stopped after %s's last checkpoint; continue with --resume %s", name, ctx.run_dir)
+                return StrategyResult(slots=1)
+            except Exception:  # recorded and retried from the checkpoint; after max_failures: ERROR, exit 1
+                error = traceback.format_exc()
+                failures += 1
+                if failures > cfg.tune.max_failures:
+                    status = "ERROR"
+                    log.error("%s failed %d times:\n%s", name, failures, error)
+                    break
+                for sink in ctx.sinks:
+                    if hasattr(sink, "trial_retried"):
+                        sink.trial_retried(trial_id, error)
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
         for sink in ctx.sinks:
-            sink.trial_ended(trial_id, status, error)
+            sink.trial_ended(trial_id, status, error if status != "TERMINATED" else "")
+        if status == "TERMINATED":
+            shutil.rmtree(kept, ignore_errors=True)  # done: only the combination in flight keeps one
     return StrategyResult(slots=1)

@@ -49,6 +49,15 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     if address == "local" and slots:
         kwargs["resources"] = {SLOT_RESOURCE: slots}
     ray.init(**kwargs)
+    if address == "local":  # an embedded Ray dies with its driver, even one killed with SIGKILL
+        global _WATCHDOG
+        if _WATCHDOG is None or _WATCHDOG.poll() is not None:
+            from harness import watchdog
+
+            _WATCHDOG = watchdog.start()
+
+
+_WATCHDOG: Any = None
 
 
 def trial_resources(cfg: ExperimentConfig, capped: bool) -> Any:
@@ -190,8 +199,22 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
         scheduler.warm_slots = slots
     search = BudgetedSearch(budget=budget, guaranteed=cfg.tune.asha_grace_period if until_spent else 1,
                             until_spent=until_spent, slots=slots, random_state=cfg.seed)
+    experiment = Path(ctx.run_dir).resolve() / "ray"
+    SinkCallback.live[str(experiment)] = ctx.sinks
+    # the experiment state (what --resume restores) at most 1 s old, not Ray's "auto" (up to minutes)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    resources = tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots)))
+    if ctx.resuming:  # runner.resume checked that Ray Tune saved a state to restore
+        # Ray Tune's own resume: finished trials stay finished, the others continue from their last
+        # checkpoint (errored ones too); the scheduler, searcher and callbacks come from its saved state
+        tuner = tune.Tuner.restore(str(experiment), trainable=resources, resume_unfinished=True, resume_errored=True)
+        try:
+            tuner.fit()
+        finally:
+            copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
+        return StrategyResult(slots=slots)
     tuner = tune.Tuner(
-        tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots))),
+        resources,
         param_space=param_space,
         tune_config=tune.TuneConfig(
             scheduler=scheduler,
@@ -203,9 +226,9 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             name="ray",
             storage_path=str(Path(ctx.run_dir).resolve()),  # relative fails with ArrowInvalid
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.tune.num_to_keep),
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             stop=BudgetStopper(cfg.train.iterations, search),
-            callbacks=[SinkCallback(ctx.sinks)],
+            callbacks=[SinkCallback(str(experiment))],
             verbose=1 if ctx.verbose else 0,  # the harness prints one line per iteration instead
         ),
     )
@@ -237,10 +260,23 @@ def copy_ray_logs(dest: Path) -> None:
 
 
 class SinkCallback(Callback):
-    """Forwards Ray Tune's trial events to the run's sinks (the run record, MLflow)."""
+    """Forwards Ray Tune's trial events to the run's sinks (the event log, MLflow, the console).
 
-    def __init__(self, sinks: list[Any]):
-        self.sinks = sinks
+    Ray Tune pickles its callbacks into the experiment's saved state, and ``Tuner.restore`` brings
+    them back in a new driver. So the callback holds only its experiment folder and finds the live
+    sinks of the driver it runs in through :attr:`live`, registered before ``fit``.
+    """
+
+    live: dict[str, list[Any]] = {}
+
+    def __init__(self, experiment: str):
+        self.experiment = experiment
+
+    @property
+    def sinks(self) -> list[Any]:
+        if self.experiment not in self.live and len(self.live) == 1:  # restored from a moved run folder
+            return next(iter(self.live.values()))
+        return self.live[self.experiment]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         for sink in self.sinks:
@@ -254,8 +290,18 @@ class SinkCallback(Callback):
         for sink in self.sinks:
             sink.trial_ended(trial.trial_id, "TERMINATED")
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = _error_of(trial)
+        for sink in self.sinks:
+            if hasattr(sink, "trial_retried"):
+                sink.trial_retried(trial.trial_id, error)
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error_file = getattr(trial, "error_file", None)
-        error = Path(error_file).read_text()[-2000:] if error_file and Path(error_file).is_file() else ""
+        error = _error_of(trial)
         for sink in self.sinks:
             sink.trial_ended(trial.trial_id, "ERROR", error)
+
+
+def _error_of(trial: Any) -> str:
+    error_file = getattr(trial, "error_file", None)
+    return Path(error_file).read_text()[-2000:] if error_file and Path(error_file).is_file() else ""

@@ -1,0 +1,74 @@
+"""The event log: a record a killed driver cannot lose, and the record derived from it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import events
+from harness.records import RunRecord
+
+
+def _log(run_dir, *lines):
+    log = events.EventLog(run_dir)
+    log.write("run_started", strategy="pbt", preset="smoke", seed=0, config={}, budget=6)
+    for kind, data in lines:
+        log.write(kind, **data)
+    return log
+
+
+def _row(iteration, t=1.0, **kw):
+    return {"iteration": iteration, "eval_loss": 5.0 - iteration, "time_this_iter_s": t, **kw}
+
+
+def test_a_run_is_rebuilt_from_its_events_and_a_torn_last_line_is_skipped(tmp_path):
+    log = _log(tmp_path,
+               ("mlflow_parent", {"run_id": "p1"}),
+               ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {"lr": 1e-4}}),
+               ("trial_result", {"trial_id": "t_00000", "row": _row(1)}),
+               ("trial_retried", {"trial_id": "t_00000", "error": "boom"}),
+               ("trial_result", {"trial_id": "t_00000", "row": _row(2)}),
+               ("trial_ended", {"trial_id": "t_00000", "status": "TERMINATED"}))
+    with open(log.path, "a") as fh:
+        fh.write('{"event": "trial_res')  # the event in flight when the driver was killed
+    record = events.replay(tmp_path)
+    assert record.mlflow_run_id == "p1"
+    (trial,) = record.trials
+    assert (trial.status, trial.retries, [r["iteration"] for r in trial.history]) == ("TERMINATED", 1, [1, 2])
+    assert not events.finished(tmp_path)  # no run_finished yet: resumable
+
+
+def test_iterations_reported_again_after_a_resume_replace_the_old_ones_and_count_as_redone(tmp_path):
+    _log(tmp_path,
+         ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(1)}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, t=2.5)}),
+         ("resumed", {}),
+         ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, t=2.0)}),  # iteration 2 was not checkpointed
+         ("trial_result", {"trial_id": "t_00000", "row": _row(3, exploited_from="t_00001")}),
+         ("trial_ended", {"trial_id": "t_00000", "status": "TERMINATED"}),
+         ("run_finished", {"slots": 2, "stopped": ""}))
+    record = events.replay(tmp_path)
+    (trial,) = record.trials
+    assert [r["iteration"] for r in trial.history] == [1, 2, 3]
+    assert trial.history[1]["time_this_iter_s"] == 2.0
+    (resume,) = record.resumes
+    assert (resume["redone_iterations"], resume["redone_s"]) == (1, 2.5)
+    assert resume["down_s"] >= 0 and record.slots == 2 and events.finished(tmp_path)
+
+
+def test_the_record_saved_from_events_loads_back(tmp_path):
+    _log(tmp_path, ("run_stopped", {"reason": "SIGUSR1"}))
+    record = events.replay(tmp_path)
+    record.save(tmp_path)
+    again = RunRecord.load(tmp_path)
+    assert again.stopped == "SIGUSR1" and again.resumes == [] and again.budget_trial_iterations == 6
+    assert json.loads((tmp_path / "run_record.json").read_text())["stopped"] == "SIGUSR1"
+
+
+def test_a_log_without_its_start_is_refused(tmp_path):
+    events.EventLog(tmp_path).write("trial_started", trial_id="x", name="x", config={})
+    with pytest.raises(ValueError, match="does not begin with run_started"):
+        events.replay(tmp_path)

@@ -1,0 +1,186 @@
+"""Faults injected for real: a driver killed with SIGKILL and resumed, SIGUSR1 before a time limit,
+a trial that raises or SIGKILLs its own process. Nothing lost, nothing duplicated, no process
+left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from harness import events
+from harness.records import RunRecord
+from harness.tracking import runs_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _start(results: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness", "run", "--preset", "smoke", "--results-dir", str(results),
+                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _run_dir(results: Path) -> Path:
+    deadline = time.monotonic() + 120
+    while True:
+        found = [p for p in results.glob("*/events.jsonl")]
+        if found:
+            return found[0].parent
+        assert time.monotonic() < deadline, "no run folder appeared"
+        time.sleep(0.2)
+
+
+def _results(run_dir: Path) -> int:
+    return sum(e["event"] == "trial_result" for e in events.read(run_dir))
+
+
+def _wait_for_results(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
+    deadline = time.monotonic() + 300
+    while _results(run_dir) < n:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def _kill_and_check_nothing_is_left(proc: subprocess.Popen) -> float:
+    """SIGKILL the driver; every process it had started must be gone within 10 s (returns how long it took)."""
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert tree, "the driver had started Ray"
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while time.monotonic() - killed < 10:
+        alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return time.monotonic() - killed
+        time.sleep(0.2)
+    raise AssertionError(f"left behind 10 s after SIGKILL: {[(p.pid, p.name()) for p in alive]}")
+
+
+def _resume(run_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "run", "--resume", str(run_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow_run_per_trial(tmp_path):
+    results = tmp_path / "results"
+    proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12")  # population 4 x 3
+    run_dir = _run_dir(results)
+    _wait_for_results(proc, run_dir, 3)  # after the first checkpoints
+    cleanup_s = [_kill_and_check_nothing_is_left(proc)]
+    assert not (run_dir / "run_record.json").exists()
+
+    # resume, and kill the resumed driver too
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--resume", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _wait_for_results(proc, run_dir, _results(run_dir) + 3)
+    cleanup_s.append(_kill_and_check_nothing_is_left(proc))
+
+    done = _resume(run_dir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = RunRecord.load(run_dir)
+    assert len(record.trials) == 4
+    for t in record.trials:
+        assert t.status == "TERMINATED", (t.name, t.status, t.error[-500:])
+        assert [row["iteration"] for row in t.history] == [1, 2, 3], t.name
+    assert len(record.resumes) == 2
+    redone = sum(r["redone_iterations"] for r in record.resumes)
+    runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.tags["trial_id"] for c in children} == {t.trial_id for t in record.trials}
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert parents[0].data.tags["resumes"] == "2"
+    table = (run_dir / "tables" / "results.md").read_text()
+    assert table.count("| resumed |") == 2
+    print(f"cleanup after SIGKILL: {cleanup_s} s; iterations redone: {redone}; "
+          f"down: {[round(r['down_s'], 1) for r in record.resumes]} s")
+
+
+def test_a_trial_process_killed_by_a_fault_is_retried_from_its_checkpoint(tmp_path):
+    results = tmp_path / "results"
+    env = {"HARNESS_FAULT": "c02:2:kill", "HARNESS_FAULT_DIR": str(tmp_path)}
+    proc = _start(results, "--strategy", "fifo", "--set", "budget.trial_iterations=12", "--bs-choices", "2",
+                  "--wd-choices", "0.0", env=env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    record = RunRecord.load(_run_dir(results))
+    (c02,) = [t for t in record.trials if t.trial_id.endswith("00001")]
+    assert c02.retries == 1 and c02.status == "TERMINATED"
+    assert [row["iteration"] for row in c02.history] == [1, 2, 3]
+    assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials)
+    assert "1 restarted from a checkpoint; 0 errored" in (_run_dir(results) / "tables" / "results.md").read_text()
+
+
+def test_manual_retries_a_raising_combination_and_errors_after_max_failures(tmp_path):
+    small = ["--strategy", "manual", "--set", "train.iterations=2", "--set", "budget.trial_iterations=4",
+             "--bs-choices", "1", "--wd-choices", "0.0"]
+    env = {"HARNESS_FAULT": "c01:2:raise", "HARNESS_FAULT_DIR": str(tmp_path / "once")}
+    (tmp_path / "once").mkdir()
+    proc = _start(tmp_path / "retried", *small, env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    record = RunRecord.load(_run_dir(tmp_path / "retried"))
+    c01 = record.trials[0]
+    assert (c01.retries, c01.status, [r["iteration"] for r in c01.history]) == (1, "TERMINATED", [1, 2])
+
+    (tmp_path / "never").mkdir()
+    env = {"HARNESS_FAULT": "c01:2:raise", "HARNESS_FAULT_DIR": str(tmp_path / "never")}
+    proc = _start(tmp_path / "errored", *small, "--set", "tune.max_failures=0", env=env)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 trial(s) did not finish" in out
+    run_dir = _run_dir(tmp_path / "errored")
+    record = RunRecord.load(run_dir)
+    assert [t.status for t in record.trials] == ["ERROR", "TERMINATED"]
+    assert "InjectedFault" in record.trials[0].error
+    assert "0 restarted from a checkpoint; 1 errored (manual_00000" in (run_dir / "tables" / "results.md").read_text()
+
+
+def test_sigusr1_stops_the_manual_grid_after_a_checkpoint_and_resume_skips_what_is_done(tmp_path):
+    results = tmp_path / "results"
+    proc = _start(results, "--strategy", "manual", "--set", "train.iterations=2", "--set", "budget.trial_iterations=4",
+                  "--bs-choices", "1", "--wd-choices", "0.0")
+    run_dir = _run_dir(results)
+    _wait_for_results(proc, run_dir, 3)  # the first combination done, the second one iteration in
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-3000:]
+    assert f"--resume {run_dir}" in out
+    stopped = RunRecord.load(run_dir)
+    assert stopped.stopped and [t.status for t in stopped.trials] == ["TERMINATED", "RUNNING"]
+    assert (run_dir / "manual_checkpoints" / "manual_00001").is_dir()
+
+    done = _resume(run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = RunRecord.load(run_dir)
+    assert [t.status for t in record.trials] == ["TERMINATED", "TERMINATED"]
+    assert [[r["iteration"] for r in t.history] for t in record.trials] == [[1, 2], [1, 2]]
+    results_after = [e for e in events.read(run_dir) if e["event"] == "trial_result"]
+    assert [e["trial_id"] for e in results_after] == ["manual_00000"] * 2 + ["manual_00001"] * 2, \
+        "the finished combination was not trained again, the stopped one went on from its checkpoint"
+    assert record.resumes[0]["redone_iterations"] == 0
+    runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_resume_refuses_a_complete_run_and_a_folder_that_is_no_run(tmp_path):
+    done = _resume(tmp_path)
+    assert done.returncode == 2 and "is not a run folder of this harness" in done.stderr
+    results = tmp_path / "results"
+    proc = _start(results, "--strategy", "manual", "--set", "train.iterations=1", "--set", "budget.trial_iterations=2",
+                  "--bs-choices", "1", "--wd-choices", "0.0")
+    proc.communicate(timeout=300)
+    done = _resume(_run_dir(results))
+    assert done.returncode == 2 and "the run is complete, nothing to resume" in done.stderr
+    assert json.loads((_run_dir(results) / "run_record.json").read_text())["resumes"] == []
