@@ -174,7 +174,30 @@ class KeepActorsWarm:
             controller = getattr(tune_controller, "_tune_controller", tune_controller)
             controller._actor_cache.increase_max(trials[0].placement_group_factory, by=self.warm_slots)
             self._warmed = True
-        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+        chosen = super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+        if chosen is None and self._restored_barrier_is_stuck(tune_controller):
+            chosen = super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+        return chosen
+
+    def _restored_barrier_is_stuck(self, tune_controller: Any) -> bool:
+        """After ``Tuner.restore`` the scheduler is the one pickled when the Tuner was created, so
+        synchronous PBT's next barrier (``_next_perturbation_sync``) starts again at the first one
+        while the restored trials are further on. After their first barrier together it is set to
+        their time, not one interval past it, and ``choose_trial_to_run`` then finds no trial
+        behind it: every trial stays paused and the controller spins (measured: a resumed run
+        stopped at 8 of 12 iterations). Move the barrier one interval on when every trial waits
+        at or past it and none runs."""
+        state = getattr(self, "_trial_state", None)
+        if not getattr(self, "_synch", False) or state is None:
+            return False
+        trials = tune_controller.get_trials()
+        waiting = [t for t in trials if t.status in ("PENDING", "PAUSED")]
+        if not waiting or any(t.status == "RUNNING" for t in trials):
+            return False
+        if not all(t in state and state[t].last_train_time >= self._next_perturbation_sync for t in waiting):
+            return False
+        self._next_perturbation_sync = max(state[t].last_train_time for t in waiting) + self._perturbation_interval
+        return True
 
 
 def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, Any]) -> StrategyResult:
