@@ -70,13 +70,16 @@ def read(run_dir: str | Path) -> list[dict[str, Any]]:
 def replay(run_dir: str | Path) -> RunRecord:
     """The run record the events describe.
 
-    After a resume, Ray Tune (or the manual grid) continues from the last checkpoint it had saved,
-    so a trial can report an iteration again that the log already holds: the later report wins,
-    and the earlier rows are counted as redone work (``resumes``: how many iterations, how many
-    trial-seconds, and how long the run was down).
+    After a resume, Ray Tune (or the manual grid) continues each trial from the last checkpoint it
+    had saved, so a trial's first report after it can repeat iterations the log already holds
+    (PBT exploits included): the new report wins, and the earlier rows from that iteration on count
+    as redone work (``resumes``: how many iterations, how many trial-seconds, and how long the run
+    was down). Within one driver's lifetime nothing is dropped: an asynchronous PBT exploit that
+    goes back to a donor's earlier iteration is the lineage analysis's business.
     """
     record: RunRecord | None = None
     trials: dict[str, TrialRecord] = {}
+    first_since_resume: set[str] = set()
     last_at = 0.0
     for e in read(run_dir):
         kind = e["event"]
@@ -97,11 +100,11 @@ def replay(run_dir: str | Path) -> RunRecord:
         elif kind == "trial_result":
             rec = trials[e["trial_id"]]
             row = {**e["row"], "received_at": float(e["at"])}
-            if not row.get("exploited_from"):
+            if rec.trial_id in first_since_resume:
+                first_since_resume.discard(rec.trial_id)
                 redone = [r for r in rec.history if (r.get("iteration") or 0) >= (row.get("iteration") or 0)]
-                if redone and record.resumes:
-                    record.resumes[-1]["redone_iterations"] += len(redone)
-                    record.resumes[-1]["redone_s"] += sum(r.get("time_this_iter_s") or 0.0 for r in redone)
+                record.resumes[-1]["redone_iterations"] += len(redone)
+                record.resumes[-1]["redone_s"] += sum(r.get("time_this_iter_s") or 0.0 for r in redone)
                 rec.history = [r for r in rec.history if r not in redone]
             rec.history.append(row)
         elif kind == "trial_retried":
@@ -112,6 +115,7 @@ def replay(run_dir: str | Path) -> RunRecord:
             rec = trials[e["trial_id"]]
             rec.status, rec.ended_at, rec.error = e["status"], float(e["at"]), e.get("error", "")
         elif kind == "resumed":
+            first_since_resume = set(trials)
             record.resumes.append({"at": float(e["at"]), "down_s": float(e["at"]) - last_at,
                                    "redone_iterations": 0, "redone_s": 0.0})
         elif kind == "run_stopped":

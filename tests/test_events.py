@@ -46,17 +46,28 @@ def test_iterations_reported_again_after_a_resume_replace_the_old_ones_and_count
          ("trial_result", {"trial_id": "t_00000", "row": _row(2, t=2.5)}),
          ("resumed", {}),
          ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
-         ("trial_result", {"trial_id": "t_00000", "row": _row(2, t=2.0)}),  # iteration 2 was not checkpointed
-         ("trial_result", {"trial_id": "t_00000", "row": _row(3, exploited_from="t_00001")}),
+         # iteration 2 was not checkpointed; PBT exploited at the restored barrier
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, t=2.0, exploited_from="t_00001")}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(3)}),
          ("trial_ended", {"trial_id": "t_00000", "status": "TERMINATED"}),
          ("run_finished", {"slots": 2, "stopped": ""}))
     record = events.replay(tmp_path)
     (trial,) = record.trials
     assert [r["iteration"] for r in trial.history] == [1, 2, 3]
-    assert trial.history[1]["time_this_iter_s"] == 2.0
+    assert trial.history[1]["time_this_iter_s"] == 2.0 and trial.history[1]["exploited_from"] == "t_00001"
     (resume,) = record.resumes
     assert (resume["redone_iterations"], resume["redone_s"]) == (1, 2.5)
     assert resume["down_s"] >= 0 and record.slots == 2 and events.finished(tmp_path)
+
+
+def test_within_one_driver_an_exploit_back_to_an_earlier_iteration_keeps_every_row(tmp_path):
+    _log(tmp_path,
+         ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(1)}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2)}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, exploited_from="t_00001")}))
+    (trial,) = events.replay(tmp_path).trials
+    assert [r["iteration"] for r in trial.history] == [1, 2, 2]
 
 
 def test_the_record_saved_from_events_loads_back(tmp_path):

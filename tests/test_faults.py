@@ -92,7 +92,12 @@ def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow
     assert len(record.trials) == 4
     for t in record.trials:
         assert t.status == "TERMINATED", (t.name, t.status, t.error[-500:])
-        assert [row["iteration"] for row in t.history] == [1, 2, 3], t.name
+        iterations = [row["iteration"] for row in t.history]
+        assert iterations[-1] == 3, (t.name, iterations)
+        # an iteration trained twice because of a kill is recorded once; only a PBT exploit can go back to an
+        # iteration (Ray restores each trial from its own last checkpoint, not the scheduler's barrier)
+        trained = [row["iteration"] for row in t.history if not row.get("exploited_from")]
+        assert len(trained) == len(set(trained)), (t.name, iterations)
     assert len(record.resumes) == 2
     redone = sum(r["redone_iterations"] for r in record.resumes)
     runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
