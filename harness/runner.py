@@ -10,10 +10,10 @@ import os
 import shutil
 import signal
 import threading
-from typing import Any
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from harness import strategies
 from harness.capacity import CapacityError, Node, TrialShape, plan
@@ -226,8 +226,10 @@ def _stopped(record: RunRecord, cfg: ExperimentConfig, stop: threading.Event) ->
     spec = strategies.spec(cfg.strategy)
     open_trials = [t.trial_id for t in record.trials if t.status not in ("TERMINATED", "ERROR")]
     missing = (spec.planned_trials(cfg) - len(record.trials)) if spec.trials != strategies.TRIALS_UNTIL_SPENT else 0
-    if open_trials or missing > 0 or stop.is_set():
-        return "SIGUSR1 (a time limit)" if stop.is_set() or open_trials else "interrupted"
+    if stop.is_set():
+        return "SIGUSR1 (a time limit)"
+    if open_trials or missing > 0:  # Ray Tune stopped on SIGUSR1 (its own handler), or the driver failed
+        return f"{len(open_trials)} trial(s) unfinished, {max(0, missing)} not started"
     return ""
 
 

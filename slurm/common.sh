@@ -213,6 +213,19 @@ wait_for_nodes() {
   return 1
 }
 
+# A job's state from squeue: RUNNING, PENDING, ...; GONE when squeue answers that the job is not
+# there; UNKNOWN when squeue itself failed (slurmctld busy or restarting), which decides nothing.
+job_state() {
+  local out
+  if out="$(squeue -h -j "$1" -o %T 2>&1)"; then
+    echo "${out:-GONE}"
+  elif [[ "$out" == *"Invalid job id"* ]]; then
+    echo GONE
+  else
+    echo UNKNOWN
+  fi
+}
+
 # Ray's token auth with a per-job token: every Ray command and the driver read it from this file.
 use_job_token() {
   export RAY_AUTH_MODE=token

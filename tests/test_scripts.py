@@ -134,3 +134,23 @@ sleep 30
     done = _bash(script, {"RAY_MODE": "broken"})
     assert done.returncode != 0 and "ray start failed" in done.stderr and "some other failure" in done.stderr
     assert count.read_text().strip() == "1"
+
+
+def test_a_failed_squeue_call_is_no_answer_about_the_head_job(tmp_path):
+    """The worker stops only on definite answers: a squeue that fails (slurmctld restarting) decides nothing."""
+    import stat
+
+    fake = tmp_path / "squeue"
+    fake.write_text('#!/bin/sh\ncase "$SQUEUE_MODE" in\n'
+                    '  running) echo RUNNING ;;\n  done) ;;\n'
+                    '  invalid) echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1 ;;\n'
+                    '  down) echo "slurm_load_jobs error: Unable to contact slurm controller" >&2; exit 1 ;;\n'
+                    'esac\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    answers = {}
+    for mode in ("running", "done", "invalid", "down"):
+        done = _bash("job_state 42", {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SQUEUE_MODE": mode})
+        answers[mode] = done.stdout.strip()
+    assert answers == {"running": "RUNNING", "done": "GONE", "invalid": "GONE", "down": "UNKNOWN"}
+    worker = (ROOT / "slurm" / "worker_node_raytune_pbt_hpo.slurm").read_text()
+    assert 'UNKNOWN) log "squeue did not answer' in worker and "HEAD_GONE_CHECKS" in worker
