@@ -7,6 +7,7 @@ connection and asks ``/health`` with a short timeout, with no retries; light to 
 
 from __future__ import annotations
 
+import base64
 import socket
 import time
 import urllib.error
@@ -32,8 +33,15 @@ def tracking_problem(uri: str, timeout: float = TIMEOUT_S) -> str:
     except OSError as exc:
         return (f"MLFLOW_TRACKING_URI={redact(uri)} does not answer ({exc.strerror or type(exc).__name__} "
                 f"after {time.monotonic() - started:.1f} s)")
-    health = urllib.parse.urlunsplit((parsed.scheme, parsed.netloc, parsed.path.rstrip("/") + "/health", "", ""))
-    request = urllib.request.Request(health, headers={"User-Agent": "hpo-harness"})
+    # urllib takes no user:password@ in a URL: it goes into a header, as MLflow's client sends it
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    health = urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path.rstrip("/") + "/health", "", ""))
+    headers = {"User-Agent": "hpo-harness"}
+    if parsed.username is not None:
+        user = urllib.parse.unquote(parsed.username)
+        password = urllib.parse.unquote(parsed.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(health, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - http(s) only, checked above
             answer.read(64)
@@ -42,5 +50,7 @@ def tracking_problem(uri: str, timeout: float = TIMEOUT_S) -> str:
             return ""
         return f"MLFLOW_TRACKING_URI={redact(uri)} answered /health with HTTP {exc.code}; is it an MLflow server?"
     except (OSError, ValueError) as exc:
-        return f"MLFLOW_TRACKING_URI={redact(uri)} did not answer /health within {timeout:g} s ({exc})"
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            return f"MLFLOW_TRACKING_URI={redact(uri)} did not answer /health within {timeout:g} s"
+        return f"MLFLOW_TRACKING_URI={redact(uri)}: asking /health failed ({redact(str(exc))})"
     return ""

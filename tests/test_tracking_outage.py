@@ -118,3 +118,12 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
         parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
         assert "best_eval_loss" in parent.data.metrics
     assert "stopped answering" in out
+
+
+def test_the_probe_answers_for_a_live_server_whose_uri_holds_credentials(tmp_path):
+    from conftest import serve_mlflow
+    from harness.reachability import tracking_problem
+
+    with serve_mlflow(tmp_path / "server.db") as port:
+        assert tracking_problem(f"http://alice:s3cret%40pw@127.0.0.1:{port}") == ""
+        assert tracking_problem(f"http://127.0.0.1:{port}/") == ""
