@@ -32,7 +32,9 @@ if redact(os.environ.get("MLFLOW_TRACKING_URI", "")) != os.environ.get("MLFLOW_T
     # MLflow writes "View run ... at: <the URI, password included>" to stdout, past any log filter
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
+import requests  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
@@ -93,12 +95,10 @@ def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> 
 
 
 SPOOL_FILE = "mlflow_spool.jsonl"
+#: What a tracking server that is down or restarting raises through MlflowClient (a bug does not).
+UNREACHABLE = (MlflowException, requests.RequestException, OSError)
 #: Seconds between attempts to reach a tracking server that stopped answering.
 RETRY_S = 5.0
-
-
-class TrackingUnavailable(RuntimeError):
-    """The tracking server does not answer; the message names it and what was kept."""
 
 
 def spooled(method: Callable[..., None]) -> Callable[..., None]:
@@ -113,7 +113,7 @@ def spooled(method: Callable[..., None]) -> Callable[..., None]:
             return
         try:
             method(self, *args)
-        except Exception as exc:  # noqa: BLE001 - any failure of the tracking server: keep the event, train on
+        except UNREACHABLE as exc:  # the tracking server failed: keep the event, train on
             self.went_offline(exc)
             self.spool(method.__name__, args)
 
@@ -228,7 +228,7 @@ class Tracker:
                 entry = json.loads(line)
                 getattr(type(self), entry["call"]).raw(self, *entry["args"])
                 done += 1
-        except Exception:  # noqa: BLE001 - still down: keep what is left, try later
+        except UNREACHABLE:  # still down: keep what is left, try later
             return False
         finally:
             self.replaying = False
