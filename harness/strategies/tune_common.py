@@ -19,6 +19,8 @@ from harness.strategies import StrategyContext, StrategyResult
 from harness.train import trainable
 
 
+log = logging.getLogger(__name__)
+
 #: A custom Ray resource, one unit per trial, that caps a local run at ``budget.slots`` trials.
 SLOT_RESOURCE = "harness_trial_slot"
 
@@ -231,12 +233,42 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
         # Ray Tune's own resume: finished trials stay finished, the others continue from their last
         # checkpoint (errored ones too); the scheduler, searcher and callbacks come from its saved state
         tuner = tune.Tuner.restore(str(experiment), trainable=resources, resume_unfinished=True, resume_errored=True)
-        try:
-            tuner.fit()
-        finally:
-            copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
-        return StrategyResult(slots=slots)
-    tuner = tune.Tuner(
+    else:
+        tuner = _new_tuner(ctx, resources, scheduler, search, param_space, num_samples)
+    try:
+        results = tuner.fit()
+        for _ in range(cfg.tune.max_failures):
+            lost = [r.error for r in results if r.error is not None]
+            if not lost or not all(_node_lost(e) for e in lost):
+                break
+            # Ray retries a trial whose node went away, but may place the retry on that node while it is
+            # still going down; a trial that fails before it runs is not retried (measured: one of two
+            # trials of a cancelled worker job ended ERROR). Continue them from their checkpoints.
+            log.warning("%d trial(s) failed because their node went away; continuing them from their checkpoints",
+                        len(lost))
+            tuner = tune.Tuner.restore(str(experiment), trainable=resources, resume_unfinished=True,
+                                       resume_errored=True)
+            results = tuner.fit()
+    finally:
+        copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
+    return StrategyResult(slots=slots)
+
+
+#: How Ray reports a trial whose node died or was stopped under it.
+NODE_LOST = ("node was terminated", "node has died", "NodeDiedError", "node died", "because its node")
+
+
+def _node_lost(error: BaseException) -> bool:
+    text = str(error)
+    return any(marker in text for marker in NODE_LOST)
+
+
+def _new_tuner(ctx: StrategyContext, resources: Any, scheduler: Any, search: BudgetedSearch,
+               param_space: dict[str, Any], num_samples: int) -> Any:
+    from ray import tune
+
+    cfg = ctx.cfg
+    return tune.Tuner(
         resources,
         param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -251,15 +283,10 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.tune.num_to_keep),
             failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             stop=BudgetStopper(cfg.train.iterations, search),
-            callbacks=[SinkCallback(str(experiment))],
+            callbacks=[SinkCallback(str(Path(ctx.run_dir).resolve() / "ray"))],
             verbose=1 if ctx.verbose else 0,  # the harness prints one line per iteration instead
         ),
     )
-    try:
-        tuner.fit()
-    finally:
-        copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
-    return StrategyResult(slots=slots)
 
 
 def copy_ray_logs(dest: Path) -> None:
