@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import json
@@ -10,6 +11,7 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -143,8 +145,9 @@ class Progress:
             self.log.warning("%s ended %s: %s", short_id(trial_id), status, last)
 
 
-def _log_to(run_dir: Path) -> logging.Handler:
-    """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``."""
+@contextlib.contextmanager
+def _logging_to(run_dir: Path) -> Iterator[None]:
+    """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``, while it runs."""
     from harness.redaction import RedactCredentials
 
     handler = logging.FileHandler(run_dir / "harness.log")
@@ -152,7 +155,11 @@ def _log_to(run_dir: Path) -> logging.Handler:
     handler.addFilter(RedactCredentials())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    return handler
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 def summary_metrics(record: RunRecord) -> dict[str, float]:
@@ -171,12 +178,8 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = Fa
     preflight(cfg, ray_address, tracking=tracking)
     cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
     run_dir = _run_dir(cfg)
-    handler = _log_to(run_dir)
-    try:
+    with _logging_to(run_dir):
         return _run(cfg, run_dir, ray_address, verbose, tracking, previous=None)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
 
 
 def resume(run_dir: str | Path, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
@@ -201,12 +204,8 @@ def resume(run_dir: str | Path, *, ray_address: str = "local", verbose: bool = F
         if not Tuner.can_restore(str(run_dir / "ray")):
             raise ConfigError(f"--resume {str(run_dir)!r}: Ray Tune saved no experiment state in it before the driver "
                               "died; this run cannot be continued, start it again")
-    handler = _log_to(run_dir)
-    try:
+    with _logging_to(run_dir):
         return _run(cfg, run_dir, ray_address, verbose, tracking, previous=previous)
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
 
 
 def _stop_on_usr1(stop: threading.Event) -> None:
