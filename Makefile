@@ -134,13 +134,13 @@ gpu-bundle: $(STAMP) ## build DeepSpeed (pure Python, DS_BUILD_OPS=0) and its mi
 gpu-check: ## on a GPU: BLOOM-560M-shaped trial segments (fp16, DeepSpeed ZeRO-2, one exploit); figures in results/gpu-check (no Ray/MLflow needed)
 	@$(GPU_PY) -c "import deepspeed" 2>/dev/null || { [[ -d $(GPU_WHEELS) ]] || { echo "error: no deepspeed here and no $(GPU_WHEELS); run make gpu-bundle where there is network" >&2; exit 2; }; \
 	  rm -rf build/gpu-site; for w in $(GPU_WHEELS)/*.whl; do $(GPU_PY) -m zipfile -e "$$w" build/gpu-site; done; }
-	PYTHONPATH=$(CURDIR)/build/gpu-site:$(CURDIR) DS_SKIP_CUDA_CHECK=1 PYTHONUNBUFFERED=1 $(GPU_PY) -m harness.gpucheck --out $(RESULTS_DIR)/gpu-check
+	PYTHONPATH=$(CURDIR)/build/gpu-site:$(CURDIR) DS_SKIP_CUDA_CHECK=1 PYTHONUNBUFFERED=1 $(GPU_PY) -m harness.trial.gpucheck --out $(RESULTS_DIR)/gpu-check
 
 lock: $(STAMP) ## regenerate container/requirements.lock from constraints.txt
-	$(PY) -m harness container lock
+	$(PY) tools/container.py lock
 
 container-lint: $(STAMP) ## lint container/harness.def (sections, digest-pinned base, pip from the lock)
-	$(PY) -m harness container lint container/harness.def
+	$(PY) tools/container.py lint container/harness.def
 
 container: ## build the Apptainer image SIF=harness.sif (needs apptainer)
 	@command -v apptainer >/dev/null || { echo "error: apptainer is not installed on this machine; build $(SIF) where it is (apptainer build $(SIF) container/harness.def)" >&2; exit 2; }

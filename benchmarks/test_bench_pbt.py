@@ -19,8 +19,8 @@ import statistics
 import pytest
 
 from conftest import run_measured
-from harness.analysis import segment_iteration_times, summarize
-from harness.records import RunRecord
+from harness.reporting.analysis import segment_iteration_times, summarize
+from harness.contract.record import RunRecord
 
 MIB = 1024 * 1024
 UTILIZATION_TARGET = 0.85

@@ -94,8 +94,8 @@ def _resumed_config(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness import runner
-    from harness.redaction import redact
+    from harness.driver import runner
+    from harness.cluster.redaction import redact
 
     if args.resume:
         _resumed_config(args)  # refuses other config flags and a folder that is no run, in one line
@@ -123,7 +123,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _tracking_uri(cfg: Any) -> str:
-    from harness.tracking import tracking_uri
+    from harness.reporting.tracking import tracking_uri
 
     return tracking_uri(cfg.results_dir)
 
@@ -141,7 +141,7 @@ def _cmd_job_plan(args: argparse.Namespace) -> int:
     uses_ray = 0 if strategies.spec(cfg.strategy).sequential else 1
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri and not args.no_mlflow:  # a dead tracking server stops the job here, before Ray
-        from harness.reachability import tracking_problem
+        from harness.cluster.reachability import tracking_problem
 
         problem = tracking_problem(uri)
         if problem:
@@ -158,8 +158,8 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def _cmd_tables(args: argparse.Namespace) -> int:
-    from harness.records import RunRecord
-    from harness.report import tables
+    from harness.contract.record import RunRecord
+    from harness.reporting.report import tables
 
     try:
         record = RunRecord.load(args.run_dir)
@@ -169,44 +169,9 @@ def _cmd_tables(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_container_lint(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from harness import container
-
-    path = Path(args.definition)
-    if not path.is_file():
-        raise ConfigError(f"{str(path)!r} does not exist; give an Apptainer definition such as container/harness.def")
-    findings = container.lint(path.read_text()) + container.spython_check(path)
-    for finding in findings:
-        print(f"{path}:{finding}")
-    if findings:
-        return 1
-    print(f"{path}: OK (sections, pinned base image, pip installs from {container.LOCK_IN_IMAGE}; spython agrees)")
-    return 0
-
-
-def _cmd_container_lock(args: argparse.Namespace) -> int:
-    from harness import container
-
-    wanted = container.lock_from_constraints(container.CONSTRAINTS.read_text())
-    if args.check:
-        drift = container.lock_drift(container.CONSTRAINTS.read_text(), container.LOCK.read_text())
-        for line in drift:
-            print(f"{container.LOCK.name}: {line}")
-        if drift:
-            print("run `make lock` to regenerate the container lock from constraints.txt")
-            return 1
-        print(f"{container.LOCK.name} agrees with constraints.txt")
-        return 0
-    container.LOCK.write_text(wanted)
-    print(f"wrote {container.LOCK}")
-    return 0
-
-
 def _cmd_capacity(args: argparse.Namespace) -> int:
     from harness import strategies
-    from harness.capacity import Node, TrialShape, plan
+    from harness.cluster.capacity import Node, TrialShape, plan
 
     cfg = _config_from(args)
     r = cfg.resources
@@ -217,7 +182,7 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def _cmd_ports(args: argparse.Namespace) -> int:
-    from harness.ports import choose
+    from harness.cluster.ports import choose
 
     for name, port in choose(args.worker_ports).items():
         print(f"{name}={port}")
@@ -225,8 +190,8 @@ def _cmd_ports(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from harness import prepare
-    from harness.runner import cache_dir, cpu_only_deepspeed
+    from harness.trial import prepare
+    from harness.driver.runner import cache_dir, cpu_only_deepspeed
 
     cfg = _config_from(args)
     cpu_only_deepspeed()
@@ -247,10 +212,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from harness import events
+    from harness.contract import events
     from harness.config import ExperimentConfig
-    from harness.reachability import tracking_problem
-    from harness.tracking import SPOOL_FILE, Tracker, tracking_uri
+    from harness.cluster.reachability import tracking_problem
+    from harness.reporting.tracking import SPOOL_FILE, Tracker, tracking_uri
 
     run_dir = Path(args.run_dir).resolve()
     if not (run_dir / "config.json").is_file() or not (run_dir / events.EVENTS_FILE).is_file():
@@ -273,7 +238,7 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from harness.collect import collect
+    from harness.reporting.collect import collect
 
     text, folder = collect(args.log)
     print(text)
@@ -286,7 +251,7 @@ def _latest_runs(results_dir: str, preset: str | None) -> list[str]:
     time), of ``preset`` only when given."""
     from pathlib import Path
 
-    from harness.records import RunRecord
+    from harness.contract.record import RunRecord
 
     latest: dict[tuple[str, int], tuple[float, str]] = {}
     for record_file in Path(results_dir).glob("*/run_record.json"):
@@ -307,10 +272,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from harness import strategies
-    from harness.analysis import aggregate, metric_of, summarize
-    from harness.records import RunRecord
-    from harness.report import write_comparison
-    from harness.tracking import log_comparison
+    from harness.reporting.analysis import aggregate, metric_of, summarize
+    from harness.contract.record import RunRecord
+    from harness.reporting.report import write_comparison
+    from harness.reporting.tracking import log_comparison
 
     run_dirs = list(args.runs) + (_latest_runs(args.latest, args.preset) if args.latest else [])
     if not run_dirs:
@@ -347,8 +312,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _print_ui_urls(results_dir: Any, port: int) -> None:
-    from harness.redaction import redact
-    from harness.tracking import tracking_uri, ui_urls
+    from harness.cluster.redaction import redact
+    from harness.reporting.tracking import tracking_uri, ui_urls
 
     if os.environ.get("MLFLOW_TRACKING_URI"):
         print(f"MLflow: {redact(tracking_uri(results_dir))} (open its UI to see the runs)")
@@ -421,21 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     urls.add_argument("--results-dir", default="results")
     urls.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))
     urls.set_defaults(fn=_cmd_ui_urls)
-    box = sub.add_parser("container", help="the Apptainer definition: lint it, (re)generate its lock")
-    box_sub = box.add_subparsers(dest="container_command", required=True, parser_class=_Parser)
-    lint = box_sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")
-    lint.add_argument("definition", nargs="?", default="container/harness.def")
-    lint.set_defaults(fn=_cmd_container_lint)
-    lock = box_sub.add_parser("lock", help="write container/requirements.lock from constraints.txt")
-    lock.add_argument("--check", action="store_true", help="only report drift between the two (exit 1)")
-    lock.set_defaults(fn=_cmd_container_lock)
     return parser
 
 
 def _console_logging(verbose: bool) -> None:
     """The harness's own lines on the console, other libraries' only from WARNING on (all of them
     with --verbose); the run's log file (runner) takes everything from INFO on either way."""
-    from harness.redaction import RedactCredentials
+    from harness.cluster.redaction import RedactCredentials
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:

@@ -30,7 +30,7 @@ die() { log "ERROR: $*" >&2; exit "${2:-1}"; }
 job_banner() { echo "===== JOB ${SLURM_JOB_ID:-?} $1 : $(date '+%Y-%m-%d %H:%M:%S %z') ====="; }
 
 # Which code runs: the image's (default), the checkout inside the image, or the virtual environment.
-# Exported, so the run's MLflow tags say which (harness.provenance). Exit 2 when there is no image.
+# Exported, so the run's MLflow tags say which (harness.cluster.provenance). Exit 2 when there is no image.
 require_runtime() {
   HARNESS_SIF="${HARNESS_SIF:-}"
   if [[ -z "$HARNESS_SIF" ]]; then

@@ -71,14 +71,14 @@ def smoke_cfg():
 
 @pytest.fixture(scope="session")
 def tiny_model_path(smoke_cfg, cache_dir: Path) -> str:
-    from harness.model import resolve_model_path
+    from harness.trial.model import resolve_model_path
 
     return resolve_model_path(smoke_cfg.model, seed=smoke_cfg.seed, cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_path: str):
-    from harness.model import load_tokenizer
+    from harness.trial.model import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
 
@@ -116,7 +116,7 @@ def only_run_dir(results: Path) -> Path:
 def smoke_pbt(tmp_path_factory):
     """`make bench-pbt`'s run (smoke preset) on a third of its budget (12 trial-iterations: a
     population of 4), shared by the end-to-end and comparison tests."""
-    from harness.records import RunRecord
+    from harness.contract.record import RunRecord
 
     results = tmp_path_factory.mktemp("smoke-pbt")
     done = run_harness(results, "--strategy", "pbt", "--preset", "smoke", *SMALL_BUDGET)

@@ -7,12 +7,12 @@ import random
 
 import pytest
 
-from harness import quiz
-from harness.analysis import (
+from harness.reporting import quiz
+from harness.reporting.analysis import (
     aggregate, anytime, bootstrap_ci, concurrency, early_stopping, estimate, lineage_waste, merge, pairwise,
     segment_iteration_times, summarize, trial_intervals,
 )
-from harness.records import RunRecord
+from harness.contract.record import RunRecord
 
 T0 = 1_000.0
 

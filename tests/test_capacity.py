@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from harness.capacity import CapacityError, Node, TrialShape, plan, trials_per_node
-from harness.ports import LOWEST, SINGLE_PORTS, choose, ephemeral_range
+from harness.cluster.capacity import CapacityError, Node, TrialShape, plan, trials_per_node
+from harness.cluster.ports import LOWEST, SINGLE_PORTS, choose, ephemeral_range
 
 SEED_TRIAL = TrialShape(workers=2, cpus_per_worker=2, gpus_per_worker=1)
 

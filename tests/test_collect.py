@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.collect import collect, parse_log
+from harness.reporting.collect import collect, parse_log
 from harness.config import ConfigError
 from test_report import _record
 

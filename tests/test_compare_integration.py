@@ -12,9 +12,9 @@ import shutil
 import pytest
 
 from conftest import SMALL_BUDGET, only_run_dir, run_harness, serve_mlflow
-from harness.analysis import summarize
-from harness.records import RunRecord
-from harness.tracking import runs_of
+from harness.reporting.analysis import summarize
+from harness.contract.record import RunRecord
+from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

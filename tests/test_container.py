@@ -8,22 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from harness import container
-from harness.container import lint, lock_drift, lock_from_constraints
+from tools import container
+from tools.container import lint, lock_drift, lock_from_constraints
 
 ROOT = Path(__file__).resolve().parent.parent
 DEF = ROOT / "container" / "harness.def"
 
 
-def _cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=120)
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    """The dev tool as `make container-lint` / `make lock` run it."""
+    return subprocess.run([sys.executable, "tools/container.py", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
 
 
 def test_the_definition_passes_the_linter_and_spython():
     assert lint(DEF.read_text()) == []
     assert container.spython_check(DEF) == []
-    done = _cli("container", "lint", str(DEF))
+    done = _tool("lint", str(DEF))
     assert done.returncode == 0 and "OK" in done.stdout, done.stdout + done.stderr
 
 
@@ -57,7 +58,7 @@ def test_each_mutation_fails_with_its_line_number(tmp_path, old, new, needle, me
     assert any(f.line == expected_line and message in f.message for f in findings), findings
     bad = tmp_path / "bad.def"
     bad.write_text(mutated)
-    done = _cli("container", "lint", str(bad))
+    done = _tool("lint", str(bad))
     assert done.returncode == 1 and f"bad.def:line {expected_line}: " in done.stdout, done.stdout
 
 
@@ -101,8 +102,7 @@ def test_a_version_changed_in_only_one_place_is_drift():
     assert lock_drift(constraints, lock.replace("torch==2.13.0+cu126", "torch==2.12.0+cu126"))
     assert lock_drift(constraints, lock.replace("\nmlflow==", "\n# mlflow==")) == [
         "mlflow==3.17.2 is in constraints.txt but not in the container lock"]
-    done = subprocess.run([sys.executable, "-m", "harness", "container", "lock", "--check"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    done = _tool("lock", "--check")
     assert done.returncode == 0, done.stdout
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import data
+from harness.trial import data
 from harness.config import DataConfig
-from harness.data import DataError, PadCollator, load_prepared, load_squad, prepare, tokenize_split
+from harness.trial.data import DataError, PadCollator, load_prepared, load_squad, prepare, tokenize_split
 
 
 def _take(records, n):

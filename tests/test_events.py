@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness import events
-from harness.records import RunRecord
+from harness.contract import events
+from harness.contract.record import RunRecord
 
 
 def _log(run_dir, *lines):

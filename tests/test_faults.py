@@ -15,9 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness import events
-from harness.records import RunRecord
-from harness.tracking import runs_of
+from harness.contract import events
+from harness.contract.record import RunRecord
+from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

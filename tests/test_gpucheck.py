@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import gpucheck
+from harness.trial import gpucheck
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.integration]
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration]
 
 def test_the_dry_run_trains_both_ways_and_the_exploit_runs_with_the_new_lr(tmp_path, torch_extensions):
     blocked = "import sys\nfor name in ('ray', 'mlflow', 'datasets'):\n    sys.modules[name] = None\n"
-    code = blocked + "from harness.gpucheck import main\nsys.exit(main(sys.argv[1:]))"
+    code = blocked + "from harness.trial.gpucheck import main\nsys.exit(main(sys.argv[1:]))"
     done = subprocess.run([sys.executable, "-c", code, "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -34,7 +34,7 @@ def test_the_dry_run_trains_both_ways_and_the_exploit_runs_with_the_new_lr(tmp_p
 
 
 def test_without_a_gpu_the_real_check_refuses_in_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harness.gpucheck", "--out", str(tmp_path)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "harness.trial.gpucheck", "--out", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "--dry-run" in done.stderr

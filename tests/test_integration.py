@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import only_run_dir, run_harness
-from harness.records import RunRecord
-from harness.tracking import runs_of
+from harness.contract.record import RunRecord
+from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -114,7 +114,7 @@ def test_two_workers_per_trial_through_ray(tmp_path):
 
 
 def test_every_iteration_records_where_its_time_went(smoke):
-    from harness.train import ITERATION_PHASES, PHASES, SETUP_PHASES, phase_key
+    from harness.trial.segment import ITERATION_PHASES, PHASES, SETUP_PHASES, phase_key
 
     _, results, _, record = smoke
     for trial in record.trials:
@@ -152,7 +152,7 @@ def test_the_console_shows_progress_and_the_tables_once_and_no_warning_a_user_ca
 
 
 def test_mlflow_runs_have_readable_names_descriptions_and_ui_urls(smoke):
-    from harness.tracking import DESCRIPTION, ui_urls
+    from harness.reporting.tracking import DESCRIPTION, ui_urls
 
     _, results, _, record = smoke
     runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")

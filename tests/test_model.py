@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from harness.config import ModelConfig
-from harness.model import ModelError, load_model, load_tokenizer, resolve_model_path
+from harness.trial.model import ModelError, load_model, load_tokenizer, resolve_model_path
 
 
 def test_tiny_bloom_is_cached_and_loads_like_a_hub_model(tiny_model_path, cache_dir, smoke_cfg):
@@ -52,7 +52,7 @@ def test_hub_id_loads_from_the_offline_cache(tiny_model_path, tmp_path):
     hub = tmp_path / "hub"
     _fake_hub_cache(hub, "harness-test/tiny-bloom", tiny_model_path)
     code = (
-        "from harness.model import load_model, load_tokenizer;"
+        "from harness.trial.model import load_model, load_tokenizer;"
         "m = load_model('harness-test/tiny-bloom'); t = load_tokenizer('harness-test/tiny-bloom');"
         "print(type(m).__name__, len(t))"
     )

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import data
+from harness.trial import data
 from harness.config import ModelConfig
-from harness.model import build_tiny_bloom
-from harness.prepare import slug
+from harness.trial.model import build_tiny_bloom
+from harness.trial.prepare import slug
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--set", "model.max_length=512", "--set", "data.train_samples=16", "--set", "data.eval_samples=8"]
@@ -86,7 +86,7 @@ def test_an_incomplete_cache_names_what_is_missing_and_the_command_that_fills_it
 
 def test_a_hub_dataset_is_saved_as_records_and_read_back_without_the_hub(tmp_path, tiny_tokenizer):
     """``hub:<folder>`` goes through ``datasets.load_dataset``, as ``hub:rajpurkar/squad`` does."""
-    from harness.prepare import dataset_slot, fetch_dataset
+    from harness.trial.prepare import dataset_slot, fetch_dataset
 
     folder = tmp_path / "squad_hub"
     folder.mkdir()
@@ -103,7 +103,7 @@ def test_a_hub_dataset_is_saved_as_records_and_read_back_without_the_hub(tmp_pat
 
 
 def test_the_exact_make_prepare_command_is_a_working_make_invocation(tmp_path):
-    from harness.prepare import prepare_command
+    from harness.trial.prepare import prepare_command
 
     cmd = prepare_command("seed", tmp_path / "my cache", ["--set=data.train_samples=10"])
     assert cmd == f"make prepare PRESET=seed CACHE_DIR='{tmp_path}/my cache' HARNESS_ARGS=--set=data.train_samples=10"

@@ -4,8 +4,8 @@ import csv
 import io
 import math
 
-from harness.records import RunRecord
-from harness.report import best_table, job_table, trials_table, write_tables
+from harness.contract.record import RunRecord
+from harness.reporting.report import best_table, job_table, trials_table, write_tables
 
 
 def _record() -> RunRecord:
@@ -73,7 +73,7 @@ def test_tables_are_written_as_markdown_and_csv_and_the_record_round_trips(tmp_p
 
 
 def test_short_ids_number_the_trials_of_a_run_from_c01():
-    from harness.records import short_id
+    from harness.contract.record import short_id
 
     assert [short_id(t) for t in ("trainable_3e890_00000", "trainable_3e890_00011", "manual_00002")] == \
         ["c01", "c12", "c03"]

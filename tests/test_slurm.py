@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.records import RunRecord
-from harness.tracking import runs_of
+from harness.contract.record import RunRecord
+from harness.reporting.tracking import runs_of
 from conftest import serve_mlflow
 from slurm_cluster import ClusterUnavailable, start
 
@@ -357,7 +357,7 @@ def _submit_nowait(cluster, tmp: Path, extra_env: dict[str, str]) -> tuple[str, 
 
 
 def _results_in(results: Path, *, node: str = "") -> int:
-    from harness import events
+    from harness.contract import events
 
     total = 0
     for folder in results.glob("*/events.jsonl"):

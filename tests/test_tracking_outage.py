@@ -81,8 +81,8 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
     from mlflow.tracking import MlflowClient
 
     from conftest import serve_mlflow
-    from harness import events
-    from harness.tracking import runs_of
+    from harness.contract import events
+    from harness.reporting.tracking import runs_of
 
     store = tmp_path / "server.db"
     results = tmp_path / "results"
@@ -122,7 +122,7 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
 
 def test_the_probe_answers_for_a_live_server_whose_uri_holds_credentials(tmp_path):
     from conftest import serve_mlflow
-    from harness.reachability import tracking_problem
+    from harness.cluster.reachability import tracking_problem
 
     with serve_mlflow(tmp_path / "server.db") as port:
         assert tracking_problem(f"http://alice:s3cret%40pw@127.0.0.1:{port}") == ""

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.data import prepare
-from harness.train import (META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment,
+from harness.trial.data import prepare
+from harness.trial.segment import (META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment,
                            run_trial_segment)
 
 
@@ -119,6 +119,6 @@ def test_deepspeed_zero_trains_on_the_cpu_accelerator(stage, smoke_cfg, tiny_mod
     assert got.reports[-1]["eval_loss"] < got.reports[0]["eval_loss"]
     assert got.reports[0]["optimizer_lr"] == pytest.approx(2e-4)
     # the checkpoint holds full weights that load without DeepSpeed (ZeRO-3 gathers them on save)
-    from harness.model import load_model
+    from harness.trial.model import load_model
 
     assert load_model(str(tmp_path / "ds" / "iter2" / MODEL_DIR)).num_parameters() > 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.strategies import StrategyContext, StrategyResult
-from harness.train import META_FILE, MODEL_DIR, Segment, run_trial_segment
+from harness.trial.segment import META_FILE, MODEL_DIR, Segment, run_trial_segment
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from ray.tune.search import BasicVariantGenerator
 from harness import strategies
 from harness.config import ExperimentConfig
 from harness.strategies import StrategyContext, StrategyResult
-from harness.train import trainable
+from harness.trial.segment import trainable
 
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     if address == "local":  # an embedded Ray dies with its driver, even one killed with SIGKILL
         global _WATCHDOG
         if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-            from harness import watchdog
+            from harness.cluster import watchdog
 
             _WATCHDOG = watchdog.start()
 
@@ -87,7 +87,7 @@ def cluster_slots(cfg: ExperimentConfig) -> int:
     """Trials Ray can run at once on the nodes it has now (the seed's capacity check per node)."""
     import ray
 
-    from harness.capacity import Node, TrialShape, trials_per_node
+    from harness.cluster.capacity import Node, TrialShape, trials_per_node
 
     r = cfg.resources
     shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.redaction import redact
+from harness.cluster.redaction import redact
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
 # A tracking server that stops answering mid-run costs one failed request, not minutes of urllib3
@@ -38,8 +38,8 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
-from harness.records import short_id  # noqa: E402
-from harness.train import HPARAMS, PHASES, phase_key  # noqa: E402
+from harness.contract.record import short_id  # noqa: E402
+from harness.trial.segment import HPARAMS, PHASES, phase_key  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Tracker:
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, tags: dict[str, str], *,
                  events: Any = None, resume: dict[str, Any] | None = None):
         """``events``: the run's event log, told every child run's id; ``resume``: the parent and
-        child run ids of an earlier driver (``harness.events.mlflow_runs``), continued, not recreated."""
+        child run ids of an earlier driver (``harness.contract.events.mlflow_runs``), continued, not recreated."""
         self.events = events
         self.resume = resume
         self.stop_reason = ""

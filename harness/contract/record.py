@@ -2,7 +2,7 @@
 
 Every trial event reaches the driver through a Ray Tune callback (also with ``reuse_actors=True``,
 where Ray's own ``result.json`` lost rows) and is appended to the run's event log
-(``harness.events``); the record is derived from that log, saved as ``run_record.json`` in the
+(``harness.contract.events``); the record is derived from that log, saved as ``run_record.json`` in the
 run folder, and is the only input of the tables and of later analysis: nothing is scraped from
 the console.
 """
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.train import HPARAMS, PHASES, phase_key
+from harness.trial.segment import HPARAMS, PHASES, phase_key
 
 RECORD_FILE = "run_record.json"
 #: Result keys kept per iteration.

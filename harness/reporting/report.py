@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.records import RunRecord
+from harness.contract.record import RunRecord
 
 TABLES_DIR = "tables"
 
@@ -221,7 +221,7 @@ def runs_table(aggregates: list[Any]) -> Table:
 
 
 def phases_table(aggregates: list[Any]) -> Table:
-    from harness.train import PHASES
+    from harness.trial.segment import PHASES
 
     rows = []
     for a in aggregates:
@@ -234,7 +234,7 @@ def phases_table(aggregates: list[Any]) -> Table:
 
 
 def pairwise_table(aggregates: list[Any]) -> Table:
-    from harness.analysis import pairwise
+    from harness.reporting.analysis import pairwise
 
     rows = [[a, "best eval_loss", verdict, b] for a, b, verdict in pairwise(aggregates, "best_eval_loss")]
     rows += [[a, "wall time", {"better": "shorter", "worse": "longer"}.get(verdict, verdict), b]
@@ -244,7 +244,8 @@ def pairwise_table(aggregates: list[Any]) -> Table:
 
 
 def quiz_markdown(aggregates: list[Any]) -> str:
-    from harness import quiz, strategies
+    from harness.reporting import quiz
+    from harness import strategies
 
     def verdict_lines(verdicts: list[Any]) -> list[str]:
         return [f"- **{v.option} ({v.holds})** {v.text} {v.evidence}. *Rule: {v.rule}.*" for v in verdicts]
@@ -278,7 +279,7 @@ def plot_gantt(records: dict[str, RunRecord], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from harness.analysis import early_stopping, planned_iterations, trial_intervals
+    from harness.reporting.analysis import early_stopping, planned_iterations, trial_intervals
 
     fig, axes = plt.subplots(len(records), 1, figsize=(11, 1.2 + 0.35 * sum(len(r.trials) for r in records.values())),
                              squeeze=False)
@@ -376,7 +377,7 @@ def plot_anytime(aggregates: list[Any], records: dict[tuple[str, int], RunRecord
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from harness.analysis import anytime
+    from harness.reporting.analysis import anytime
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for colour, a in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, aggregates):

@@ -5,7 +5,7 @@ the driver. Killed with SIGKILL, the driver cannot stop them, and Ray's agents w
 45 s later, holding memory and ports. The driver starts this watchdog in a session of its own
 (so a signal to the driver's process group does not reach it):
 
-    python -m harness.watchdog <driver pid>
+    python -m harness.cluster.watchdog <driver pid>
 
 Every half second it notes the driver's descendants; once the driver is gone it sends SIGTERM to
 those still alive (the same processes: pid and start time), then SIGKILL after 3 s, and exits.
@@ -91,7 +91,7 @@ def watch(driver_pid: int) -> int:
 
 def start(driver_pid: int | None = None) -> subprocess.Popen:
     """Start the watchdog for this process (its own session; its output to this process's stderr)."""
-    return subprocess.Popen([sys.executable, "-m", "harness.watchdog", str(driver_pid or os.getpid())],
+    return subprocess.Popen([sys.executable, "-m", "harness.cluster.watchdog", str(driver_pid or os.getpid())],
                             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import strategies
-from harness.capacity import CapacityError, Node, TrialShape, plan
+from harness.cluster.capacity import CapacityError, Node, TrialShape, plan
 from harness.config import ConfigError, ExperimentConfig
-from harness.records import RunRecord, short_id
+from harness.contract.record import RunRecord, short_id
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local", *, tracking: bo
     strategy = strategies.spec(cfg.strategy)
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if tracking and uri:
-        from harness.reachability import tracking_problem
+        from harness.cluster.reachability import tracking_problem
 
         problem = tracking_problem(uri)
         if problem:
@@ -56,7 +56,7 @@ def preflight(cfg: ExperimentConfig, ray_address: str = "local", *, tracking: bo
         )
     src = cfg.data.source
     if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
-        from harness.prepare import dataset_complete, dataset_slot
+        from harness.trial.prepare import dataset_complete, dataset_slot
 
         if not dataset_complete(dataset_slot(cache_dir(cfg), src)):
             raise ConfigError(f"data.source={src!r} is not a file (nor in the prepared cache {cache_dir(cfg)}); "
@@ -148,7 +148,7 @@ class Progress:
 @contextlib.contextmanager
 def _logging_to(run_dir: Path) -> Iterator[None]:
     """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``, while it runs."""
-    from harness.redaction import RedactCredentials
+    from harness.cluster.redaction import RedactCredentials
 
     handler = logging.FileHandler(run_dir / "harness.log")
     handler.setLevel(logging.INFO)
@@ -164,7 +164,7 @@ def _logging_to(run_dir: Path) -> Iterator[None]:
 
 def summary_metrics(record: RunRecord) -> dict[str, float]:
     """The run's headline figures for its MLflow parent run (from the same analysis as the report)."""
-    from harness.analysis import summarize
+    from harness.reporting.analysis import summarize
 
     s = summarize(record)
     return {k: float(v) for k, v in s.as_row().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -184,7 +184,7 @@ def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = Fa
 
 def resume(run_dir: str | Path, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
     """Continue a run whose driver died or stopped: the same folder, the same MLflow runs."""
-    from harness import events
+    from harness.contract import events
 
     run_dir = Path(run_dir).resolve()
     if not (run_dir / events.EVENTS_FILE).is_file() or not (run_dir / "config.json").is_file():
@@ -234,12 +234,12 @@ def _stopped(record: RunRecord, cfg: ExperimentConfig, stop: threading.Event) ->
 
 def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool, tracking: bool,
          previous: RunRecord | None) -> Outcome:
-    from harness import events
-    from harness.data import prepare
-    from harness.model import load_tokenizer, resolve_model_path
-    from harness.provenance import provenance
-    from harness.report import write_tables
-    from harness.tracking import NoTracker, Tracker
+    from harness.contract import events
+    from harness.trial.data import prepare
+    from harness.trial.model import load_tokenizer, resolve_model_path
+    from harness.cluster.provenance import provenance
+    from harness.reporting.report import write_tables
+    from harness.reporting.tracking import NoTracker, Tracker
 
     log_events = events.EventLog(run_dir)
     if previous is None:

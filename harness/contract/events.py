@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.records import HISTORY_KEYS, RunRecord, TrialRecord
-from harness.train import HPARAMS
+from harness.contract.record import HISTORY_KEYS, RunRecord, TrialRecord
+from harness.trial.segment import HPARAMS
 
 EVENTS_FILE = "events.jsonl"
 

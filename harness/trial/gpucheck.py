@@ -3,7 +3,7 @@
 The GPU machine this runs on has torch and transformers but no Ray, datasets, MLflow or network,
 and cannot download BLOOM-560M. So the check builds the real architecture from its config with
 random weights, writes 200 training samples of 512 tokens, and drives the harness's own trial
-segment (``harness.train.run_trial_segment``, the code a Tune trial runs) directly:
+segment (``harness.trial.segment.run_trial_segment``, the code a Tune trial runs) directly:
 
 1. 2 iterations, fp16, plain PyTorch;
 2. 2 iterations, fp16, DeepSpeed ZeRO-2 (through the torch.distributed rank the harness spawns);
@@ -14,7 +14,7 @@ It prints samples/s, tokens/s, peak GPU memory and checkpoint save/restore secon
 them as JSON, and exits 1 when the exploit's optimizer does not use the new lr. ``--dry-run`` runs
 the same on CPU at tiny shapes (the tests do).
 
-    python -m harness.gpucheck [--dry-run] [--out DIR]
+    python -m harness.trial.gpucheck [--dry-run] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import resolve
-from harness.train import MODEL_DIR, Segment, phase_key, run_segment, run_trial_segment
+from harness.trial.segment import MODEL_DIR, Segment, phase_key, run_segment, run_trial_segment
 
 #: bigscience/bloom-560m's architecture (its config.json), for random init.
 BLOOM_560M = {"hidden_size": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 250880}
@@ -60,7 +60,7 @@ def build_model(shape: Shape, out: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BloomConfig, BloomForCausalLM
 
-    from harness.model import train_tiny_tokenizer
+    from harness.trial.model import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(2000, seed)
     config = BloomConfig(hidden_size=shape.hidden_size, n_layer=shape.n_layer, n_head=shape.n_head,
@@ -151,7 +151,7 @@ def check(shape: Shape, work: Path) -> tuple[list[Figures], list[str]]:
 
     gpu = torch.cuda.is_available()
     model = build_model(shape, work / "model")
-    from harness.model import load_tokenizer
+    from harness.trial.model import load_tokenizer
 
     data = build_data(shape, work / "data.pt", load_tokenizer(str(model)).pad_token_id)
     hparams = {"lr": LR, "per_device_train_batch_size": shape.batch_size, "weight_decay": 0.0}
@@ -201,14 +201,14 @@ def table(figures: list[Figures]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.gpucheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.trial.gpucheck", description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes; runs on CPU (the tests)")
     parser.add_argument("--out", default="results/gpu-check", help="folder for gpu-check.json and .md")
     args = parser.parse_args(argv)
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("error: no CUDA GPU here; make gpu-check needs one (python -m harness.gpucheck --dry-run runs "
+        print("error: no CUDA GPU here; make gpu-check needs one (python -m harness.trial.gpucheck --dry-run runs "
               "the same check at tiny shapes on CPU)", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():

@@ -192,7 +192,7 @@ def inject_fault(trial_id: str, iteration: int) -> None:
     spec = os.environ.get(FAULT_ENV, "")
     if not spec:
         return
-    from harness.records import short_id
+    from harness.contract.record import short_id
 
     who, at, action = spec.split(":")
     if who not in (trial_id, short_id(trial_id)) or int(at) != iteration:
@@ -233,8 +233,8 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
     from transformers import PrinterCallback, Trainer, TrainerCallback
     from transformers.utils import logging as hf_logging
 
-    from harness.data import PadCollator, TokenizedDataset, load_prepared
-    from harness.model import load_model, load_tokenizer
+    from harness.trial.data import PadCollator, TokenizedDataset, load_prepared
+    from harness.trial.model import load_model, load_tokenizer
 
     cfg = ExperimentConfig.from_dict(seg.experiment)
     _set_threads(cfg)

@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.records import RunRecord
-from harness.report import TABLES_DIR, Table, best_table, duration, trials_table
+from harness.contract.record import RunRecord
+from harness.reporting.report import TABLES_DIR, Table, best_table, duration, trials_table
 
 BANNER = re.compile(r"^===== JOB (\S+) (START|FINISH) : (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}) =====$")
 RUN_FOLDER = re.compile(r"^run folder: (.+)$")

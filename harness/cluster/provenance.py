@@ -10,7 +10,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "ray", "mlflow", "datasets", "accelerate", "tokenizers", "deepspeed")
 
 

@@ -1,7 +1,7 @@
 """One experiment configuration, resolved once in the driver and handed to every trial.
 
 Precedence, lowest to highest: the dataclass defaults below < the TOML preset
-(``harness/presets/<name>.toml`` or a path) < the environment overrides of the seed
+(``harness/config/presets/<name>.toml`` or a path) < the environment overrides of the seed
 exercise (``LR_LOWER``, ``LR_UPPER``, ``BS_CHOICES``, ``WD_CHOICES``) < CLI flags
 (``--lr-lower`` ... and ``--set section.key=value``).
 

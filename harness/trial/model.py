@@ -8,7 +8,7 @@ Two kinds of model name:
   so every trial loads it exactly as it would load a hub model. Nothing touches the network.
 * anything else: a hub id (``bigscience/bloom-560m``) or a local model folder, loaded with
   ``from_pretrained``; once ``make prepare`` has saved it into the harness cache
-  (``harness.prepare``), runs load that folder and never reach the hub.
+  (``harness.trial.prepare``), runs load that folder and never reach the hub.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def hub_offline() -> bool:
 
 
 def _tiny_corpus(seed: int, n: int = 4000) -> list[str]:
-    from harness.data import format_prompt, synthetic_squad
+    from harness.trial.data import format_prompt, synthetic_squad
 
     stream = synthetic_squad(seed, "tokenizer")
     texts = []
@@ -121,7 +121,7 @@ def resolve_model_path(cfg: ModelConfig, *, seed: int, cache_dir: str | Path, bu
     """What ``from_pretrained`` should load: the cached tiny-bloom folder (built here unless
     ``build`` is False), the folder ``make prepare`` saved for ``cfg.name``, or ``cfg.name`` itself."""
     if cfg.name != TINY_BLOOM:
-        from harness.prepare import model_complete, model_slot
+        from harness.trial.prepare import model_complete, model_slot
 
         prepared = model_slot(Path(cache_dir), cfg.name)
         return str(prepared) if model_complete(prepared) else cfg.name

@@ -13,13 +13,16 @@ package whose version differs (torch may differ only in its local build label, `
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.provenance import PROJECT_ROOT
 
+#: The checkout this tool lives in (tools/ sits at its root).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFINITION = PROJECT_ROOT / "container" / "harness.def"
 LOCK = PROJECT_ROOT / "container" / "requirements.lock"
 CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
@@ -27,8 +30,8 @@ CONSTRAINTS = PROJECT_ROOT / "constraints.txt"
 LOCK_IN_IMAGE = "/opt/harness/requirements.lock"
 #: The torch build the image installs (CUDA 12.6 still covers V100 as well as H100/H200).
 TORCH_LOCAL_LABEL = "cu126"
-#: Only the tests need these; the image does not carry them.
-TEST_ONLY = {"pytest", "pytest-benchmark", "iniconfig", "pluggy", "py-cpuinfo2", "playwright", "greenlet"}
+#: Only the tests and the dev tools (this linter's spython) need these; the image does not carry them.
+TEST_ONLY = {"pytest", "pytest-benchmark", "iniconfig", "pluggy", "py-cpuinfo2", "playwright", "greenlet", "spython"}
 
 SECTIONS = {"setup", "files", "environment", "post", "runscript", "startscript", "test", "labels", "help",
             "arguments"}
@@ -271,3 +274,50 @@ def spython_check(path: Path) -> list[Finding]:
     if match and base and base.strip() != match.group(1):
         return [Finding(1, f"spython reads the base image as {base!r}, not {match.group(1)!r}")]
     return []
+
+
+def _lint(definition: str) -> int:
+    path = Path(definition)
+    if not path.is_file():
+        print(f"error: {str(path)!r} does not exist; give an Apptainer definition such as container/harness.def",
+              file=sys.stderr)
+        return 2
+    findings = lint(path.read_text()) + spython_check(path)
+    for finding in findings:
+        print(f"{path}:{finding}")
+    if findings:
+        return 1
+    print(f"{path}: OK (sections, pinned base image, pip installs from {LOCK_IN_IMAGE}; spython agrees)")
+    return 0
+
+
+def _lock(check: bool) -> int:
+    wanted = lock_from_constraints(CONSTRAINTS.read_text())
+    if check:
+        drift = lock_drift(CONSTRAINTS.read_text(), LOCK.read_text())
+        for line in drift:
+            print(f"{LOCK.name}: {line}")
+        if drift:
+            print("run `make lock` to regenerate the container lock from constraints.txt")
+            return 1
+        print(f"{LOCK.name} agrees with constraints.txt")
+        return 0
+    LOCK.write_text(wanted)
+    print(f"wrote {LOCK}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tools/container.py lint [DEF]`` / ``lock [--check]`` (``make container-lint``, ``make lock``)."""
+    parser = argparse.ArgumentParser(prog="tools/container.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_lint = sub.add_parser("lint", help="check container/harness.def (exit 1 with line numbers on findings)")
+    p_lint.add_argument("definition", nargs="?", default=str(DEFINITION))
+    p_lock = sub.add_parser("lock", help="write container/requirements.lock from constraints.txt")
+    p_lock.add_argument("--check", action="store_true", help="only report drift between the two (exit 1)")
+    args = parser.parse_args(argv)
+    return _lint(args.definition) if args.command == "lint" else _lock(args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from harness.redaction import redact
+from harness.cluster.redaction import redact
 
 #: Seconds for the connection and for the answer, each: within the 10 s a user waits at most.
 TIMEOUT_S = 4.0

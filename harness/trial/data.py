@@ -198,7 +198,7 @@ def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1,
 def _saved_raw(source: str, cache_dir: str | Path | None) -> Path | None:
     if cache_dir is None or (not source.startswith("hub:") and Path(source).is_file()):
         return None
-    from harness.prepare import dataset_complete, dataset_slot
+    from harness.trial.prepare import dataset_complete, dataset_slot
 
     folder = dataset_slot(Path(cache_dir), source)
     return folder if dataset_complete(folder) else None

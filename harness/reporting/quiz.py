@@ -1,7 +1,7 @@
 """The exercise's two questions, and the numeric rule behind each option's verdict.
 
 Nothing here is a constant answer: every verdict is computed from the aggregated measurements
-(:mod:`harness.analysis`) by the rule printed beside it, so other numbers give another verdict.
+(:mod:`harness.reporting.analysis`) by the rule printed beside it, so other numbers give another verdict.
 The exercise has no answer key and none is cited.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.analysis import MIN_SEEDS, PARALLEL_THRESHOLD, UNDER_USED, Aggregate, decided
+from harness.reporting.analysis import MIN_SEEDS, PARALLEL_THRESHOLD, UNDER_USED, Aggregate, decided
 
 Q1 = ("Eight PBT trials each take about 20 minutes, yet the whole job ends after about 25. Why is the job "
       "so much shorter than the sum of the trials' runtimes?")

@@ -1,7 +1,7 @@
 """Pure functions on run records: where the time went, budgets, concurrency, early stopping, PBT's
 waste, and the aggregation of several seeds with bootstrap intervals.
 
-Every number comes from :class:`~harness.records.RunRecord` files (the per-iteration rows a
+Every number comes from :class:`~harness.contract.record.RunRecord` files (the per-iteration rows a
 strategy reported, stamped by one clock, the driver's), never from the console. Functions never
 mutate their input, and the bootstrap takes a seeded generator.
 
@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.records import RunRecord, TrialRecord
-from harness.train import HPARAMS, PHASES, PURE_PHASES, phase_key
+from harness.contract.record import RunRecord, TrialRecord
+from harness.trial.segment import HPARAMS, PHASES, PURE_PHASES, phase_key
 
 Interval = tuple[float, float]
 

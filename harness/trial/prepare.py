@@ -78,7 +78,7 @@ def fetch_model(name: str, cache: Path) -> Path:
 
     ``from_pretrained`` downloads into a scratch folder inside the cache; ``save_pretrained``
     writes the ordinary model folder every trial then loads, with no hub and no HF cache."""
-    from harness.model import load_model, load_tokenizer
+    from harness.trial.model import load_model, load_tokenizer
 
     target = model_slot(cache, name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def fetch_model(name: str, cache: Path) -> Path:
 def fetch_dataset(source: str, cache: Path) -> Path | None:
     """The raw records of ``source`` into ``datasets/<slug>``: every split of a hub dataset as
     JSONL, a SQuAD JSON file as a copy. ``synthetic`` needs nothing (None)."""
-    from harness.data import SPLITS, load_hub
+    from harness.trial.data import SPLITS, load_hub
 
     if source == "synthetic":
         return None
@@ -110,7 +110,7 @@ def fetch_dataset(source: str, cache: Path) -> Path | None:
                     for record in load_hub(source.removeprefix("hub:"), split, cache_dir=str(Path(scratch) / "hf")):
                         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            from harness.data import read_squad_json
+            from harness.trial.data import read_squad_json
 
             read_squad_json(source)  # refuses a file that is not SQuAD before it is cached
             shutil.copyfile(source, tmp / "squad.json")
@@ -176,8 +176,8 @@ def _offline_env() -> dict[str, str | None]:
 def verify(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
     """Load everything a run reads from ``cache`` alone, with the hub off; CacheIncomplete names
     the first missing piece and ``fix``."""
-    from harness.data import cached_tokenized
-    from harness.model import TINY_BLOOM, load_model, load_tokenizer, resolve_model_path
+    from harness.trial.data import cached_tokenized
+    from harness.trial.model import TINY_BLOOM, load_model, load_tokenizer, resolve_model_path
 
     def missing(what: str) -> CacheIncomplete:
         return CacheIncomplete(f"the cache {cache} has no {what}; fill it where there is network: {fix}")
@@ -215,8 +215,8 @@ def verify(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
 
 def prepare(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
     """Fetch model, tokenizer and dataset into ``cache``, tokenize once, then :func:`verify`."""
-    from harness.data import prepare as tokenize_into
-    from harness.model import TINY_BLOOM, load_tokenizer, resolve_model_path
+    from harness.trial.data import prepare as tokenize_into
+    from harness.trial.model import TINY_BLOOM, load_tokenizer, resolve_model_path
 
     from transformers.utils import logging as hf_logging
 

@@ -1,0 +1,1 @@
+"""The driver: one run's lifecycle (pre-flight, run, resume), the comparison and the MLflow sync."""
