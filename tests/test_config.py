@@ -7,6 +7,8 @@ import pytest
 
 from harness.config import ConfigError, ExperimentConfig, known_keys, resolve
 
+pytestmark = pytest.mark.unit
+
 SEED_SPACE = dict(lr_lower=5e-6, lr_upper=2e-4, bs_choices=(1, 2), wd_choices=(0.0, 0.01))
 
 
@@ -51,15 +53,15 @@ def test_round_trip_through_dict():
     "env, needle",
     [
         ({"LR_LOWER": "abc"}, "LR_LOWER='abc' is not a number"),
-        ({"LR_LOWER": "-1e-5"}, "LR_LOWER=-1e-05 must be a positive"),
-        ({"LR_UPPER": "0"}, "LR_UPPER=0.0 must be a positive"),
+        ({"LR_LOWER": "-1e-5"}, "LR_LOWER='-1e-5' must be > 0: a positive learning rate"),
+        ({"LR_UPPER": "0"}, "LR_UPPER='0' must be > 0: a positive learning rate"),
         ({"LR_LOWER": "2e-4", "LR_UPPER": "1e-5"}, "LR_LOWER=0.0002 must be below LR_UPPER=1e-05"),
         ({"LR_LOWER": "1e-4", "LR_UPPER": "1e-4"}, "must be below LR_UPPER"),
         ({"BS_CHOICES": ""}, "BS_CHOICES='' is empty"),
         ({"BS_CHOICES": "1 1"}, "BS_CHOICES='1 1' has duplicate values"),
-        ({"BS_CHOICES": "0 2"}, "BS_CHOICES='0 2' has a batch size below 1"),
-        ({"BS_CHOICES": "1.5"}, "BS_CHOICES='1.5' is not an integer"),
-        ({"WD_CHOICES": "x"}, "WD_CHOICES='x' is not a number"),
+        ({"BS_CHOICES": "0 2"}, "BS_CHOICES='0 2' has '0', which must be >= 1: batch sizes are whole numbers"),
+        ({"BS_CHOICES": "1.5"}, "BS_CHOICES='1.5' has '1.5', which is not an integer"),
+        ({"WD_CHOICES": "x"}, "WD_CHOICES='x' has 'x', which is not a number"),
         ({"WD_CHOICES": "0.0 0.0"}, "has duplicate values"),
         ({"LR_UPPER": "nan"}, "is not a finite number"),
     ],
@@ -81,6 +83,43 @@ def test_unknown_preset_and_key():
 def test_known_keys_are_documented_fields():
     keys = known_keys()
     assert "search.lr_lower" in keys and "tune.synch" in keys and "resources.workers_per_trial" in keys
+    from harness.config.settings import SECTIONS
+
+    undocumented = [f"{section}.{name}" for section, model in SECTIONS.items()
+                    for name, info in model.model_fields.items() if not info.description]
+    undocumented += [name for name, info in ExperimentConfig.model_fields.items()
+                     if name not in SECTIONS and not info.description]
+    assert undocumented == [], "every field has a docstring under it"
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("resources.cpus_per_worker", "0", "must be > 0: Ray cannot place a trial with 0 CPUs; use e.g. 0.5"),
+    ("train.deepspeed_stage", "4", "must be <= 3: a ZeRO stage: 1, 2 or 3"),
+    ("data.unanswerable", "maybe", "is not allowed; use skip or target"),
+    ("tune.metric", "accuracy", "is not allowed; use eval_loss or train_loss"),
+    ("train.fp16", "perhaps", "is not a boolean; use true or false"),
+    ("tune.quantile_fraction", "0.9", "must be <= 0.5"),
+])
+def test_a_constraint_lives_on_its_field_and_its_message_names_the_flag(key, value, needle):
+    with pytest.raises(ConfigError) as err:
+        resolve("smoke", env={}, overrides={key: value}, override_origins={key: f"--set {key}"})
+    assert str(err.value) == f"--set {key}={value!r} {needle}"
+
+
+def test_a_rule_between_fields_names_both_and_where_each_came_from():
+    with pytest.raises(ConfigError) as err:
+        resolve("smoke", env={}, overrides={"model.tiny_heads": "5"}, override_origins={"model.tiny_heads": "--set h"})
+    assert str(err.value) == "model.tiny_hidden_size=64 must be divisible by --set h=5"  # a default: its own name
+
+
+def test_a_trial_gets_the_validated_object_and_it_survives_pickling():
+    import pickle
+
+    cfg = resolve("seed", env={})
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert cfg.updated({"train.iterations": 1}).train.iterations == 1 and cfg.train.iterations == 5
+    with pytest.raises(ConfigError, match="train.iterations='0' must be >= 1"):
+        cfg.updated({"train.iterations": "0"})
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -96,7 +135,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     [
         (["run"], {"LR_LOWER": "abc"}, "LR_LOWER='abc' is not a number"),
         (["run"], {"LR_LOWER": "2e-4", "LR_UPPER": "1e-5"}, "must be below LR_UPPER"),
-        (["run", "--bs-choices", "0"], {}, "--bs-choices='0' has a batch size below 1"),
+        (["run", "--bs-choices", "0"], {}, "--bs-choices='0' has '0', which must be >= 1"),
         (["run", "--preset", "bogus"], {}, "preset='bogus' is unknown"),
         (["run", "--set", "train.bogus=1"], {}, "--set 'train.bogus' is not a config key"),
         (["run", "--strategy", "hyperband"], {}, "strategy='hyperband' is unknown; choose one of manual, fifo, asha, pbt, pb2"),
