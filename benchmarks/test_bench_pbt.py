@@ -21,6 +21,7 @@ import pytest
 from conftest import run_measured
 from harness.reporting.analysis import segment_iteration_times, summarize
 from harness.contract.record import RunRecord
+from harness.contract.rundir import RunDir
 
 MIB = 1024 * 1024
 UTILIZATION_TARGET = 0.85
@@ -35,7 +36,7 @@ def _smoke(tmp_path, *extra: str):
 
 def _record(measured) -> RunRecord:
     line = next(line for line in measured.output.splitlines() if line.startswith("run folder: "))
-    return RunRecord.load(line.removeprefix("run folder: "))
+    return RunDir(line.removeprefix("run folder: ")).record()
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def test_smoke_pbt_wall_time_memory_utilization_and_first_iteration(benchmark, w
         "fifo_first_iteration_median_s": round(statistics.median(fifo_first), 3),
         "fifo_later_iteration_median_s": round(later, 3),
         "first_iteration_ratio": round(ratio, 3),
-        "pbt_trial_processes": len({row["pid"] for t in pbt_record.trials for row in t.history}),
+        "pbt_trial_processes": len({row.pid for t in pbt_record.trials for row in t.history}),
         "pbt_segments": len(pbt_first),
         "targets": f"slot utilization >= {UTILIZATION_TARGET} (pbt, fifo); first iteration <= "
                    f"{FIRST_ITERATION_TARGET} x a later one; wall < 90 s, peak < 3 GiB on 2 cores",

@@ -12,29 +12,17 @@ from harness.reporting.analysis import (
     aggregate, anytime, bootstrap_ci, concurrency, early_stopping, estimate, lineage_waste, merge, pairwise,
     segment_iteration_times, summarize, trial_intervals,
 )
-from harness.contract.record import RunRecord
+from recordkit import T0, Run
+from recordkit import row as _row
 
-T0 = 1_000.0
-
-
-def _row(it, end, dur, loss, lr=1e-4, bs=2, wd=0.0, donor="", start_it=0, train=None):
-    row = {"iteration": it, "received_at": T0 + end, "time_this_iter_s": dur, "eval_loss": loss, "lr": lr,
-           "per_device_train_batch_size": bs, "weight_decay": wd, "exploited_from": donor,
-           "segment_start_iteration": start_it}
-    if train is not None:
-        row.update(phase_train_s=train, phase_eval_s=0.0)
-    return row
+pytestmark = pytest.mark.unit
 
 
-def _record(strategy, trials, *, wall, iterations=3, slots=2, seed=0, budget=0) -> RunRecord:
-    rec = RunRecord(strategy=strategy, preset="smoke", seed=seed, config={"train": {"iterations": iterations}},
-                    started_at=T0, finished_at=T0 + wall, slots=slots, budget_trial_iterations=budget)
+def _record(strategy, trials, *, wall, iterations=3, slots=2, seed=0, budget=0):
+    run = Run(strategy, seed=seed, iterations=iterations, budget=budget)
     for tid, rows, status in trials:
-        rec.trial_started(tid, tid, {"lr": rows[0]["lr"], "per_device_train_batch_size": rows[0]["per_device_train_batch_size"],
-                                     "weight_decay": rows[0]["weight_decay"]})
-        rec.trials[-1].history = list(rows)
-        rec.trial_ended(tid, status)
-    return rec
+        run.trial(tid, rows, status)
+    return run.record(wall=wall, slots=slots)
 
 
 def test_two_overlapping_trials():
@@ -61,9 +49,7 @@ def test_a_single_trial_runs_one_at_a_time_and_q1_says_so():
 def test_errored_trials_avoid_nothing_and_a_trial_without_result_counts_as_skipped():
     ok = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.5), _row(3, 30, 10, 1.0)]
     bad = [_row(1, 8, 8, 0.5)]
-    rec = _record("asha", [("ok", ok, "TERMINATED"), ("bad", bad, "ERROR")], wall=30)
-    rec.trial_started("never", "never", {"lr": 1e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
-    rec.trial_ended("never", "TERMINATED")
+    rec = _record("asha", [("ok", ok, "TERMINATED"), ("bad", bad, "ERROR"), ("never", [], "TERMINATED")], wall=30)
     s = summarize(rec)
     assert s.errored == 1 and s.sum_runtime_s == 38 and early_stopping(rec) == (0, 0, 0.0)
     verdicts, _ = quiz.q1(aggregate([s])[0])

@@ -4,7 +4,10 @@ import pytest
 
 from harness.reporting.collect import collect, parse_log
 from harness.config import ConfigError
+from harness.contract.rundir import RunDir
 from test_report import _record
+
+pytestmark = pytest.mark.unit
 
 LOG = """===== JOB 42 START : 2026-11-28 10:43:17 +0000 =====
 2026-11-28 10:43:18 [head 42] starting Ray head on 127.0.0.2:37539
@@ -20,13 +23,13 @@ def test_job_times_come_from_the_banners(tmp_path):
 
 
 def test_collect_writes_the_three_tables_from_the_run_record(tmp_path):
-    _record().save(tmp_path)
-    log = tmp_path / "ray_head_bloom_5epochs-42.out"
+    RunDir(tmp_path).save_record(_record())
+    log = tmp_path / "hpo-pbt-smoke-42.out"
     log.write_text(LOG.format(run_dir=tmp_path))
     text, folder = collect(log)
     assert "| total job time | 112.0 s (0:01:52) |" in text
-    assert "| trial_a |" in text and "| trial_b |" in text and "console tables" not in text
-    assert folder == tmp_path / "ray_head_bloom_5epochs-42.tables"
+    assert "| c01 |" in text and "| c02 |" in text and "console tables" not in text
+    assert folder == tmp_path / "hpo-pbt-smoke-42.tables"
     assert sorted(p.name for p in folder.iterdir()) == ["best.csv", "job.csv", "results.md", "trials.csv"]
 
 

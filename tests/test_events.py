@@ -7,11 +7,13 @@ import json
 import pytest
 
 from harness.contract import events
-from harness.contract.record import RunRecord
+from harness.contract.rundir import RunDir
+
+pytestmark = pytest.mark.unit
 
 
-def _log(run_dir, *lines):
-    log = events.EventLog(run_dir)
+def _log(path, *lines):
+    log = RunDir(path).event_log()
     log.write("run_started", strategy="pbt", preset="smoke", seed=0, config={}, budget=6)
     for kind, data in lines:
         log.write(kind, **data)
@@ -32,11 +34,11 @@ def test_a_run_is_rebuilt_from_its_events_and_a_torn_last_line_is_skipped(tmp_pa
                ("trial_ended", {"trial_id": "t_00000", "status": "TERMINATED"}))
     with open(log.path, "a") as fh:
         fh.write('{"event": "trial_res')  # the event in flight when the driver was killed
-    record = events.replay(tmp_path)
+    record = RunDir(tmp_path).replay()
     assert record.mlflow_run_id == "p1"
     (trial,) = record.trials
-    assert (trial.status, trial.retries, [r["iteration"] for r in trial.history]) == ("TERMINATED", 1, [1, 2])
-    assert not events.finished(tmp_path)  # no run_finished yet: resumable
+    assert (trial.status, trial.retries, [r.iteration for r in trial.history]) == ("TERMINATED", 1, [1, 2])
+    assert not events.complete(record)  # no run_finished yet: resumable
 
 
 def test_iterations_reported_again_after_a_resume_replace_the_old_ones_and_count_as_redone(tmp_path):
@@ -51,13 +53,13 @@ def test_iterations_reported_again_after_a_resume_replace_the_old_ones_and_count
          ("trial_result", {"trial_id": "t_00000", "row": _row(3)}),
          ("trial_ended", {"trial_id": "t_00000", "status": "TERMINATED"}),
          ("run_finished", {"slots": 2, "stopped": ""}))
-    record = events.replay(tmp_path)
+    record = RunDir(tmp_path).replay()
     (trial,) = record.trials
-    assert [r["iteration"] for r in trial.history] == [1, 2, 3]
-    assert trial.history[1]["time_this_iter_s"] == 2.0 and trial.history[1]["exploited_from"] == "t_00001"
+    assert [r.iteration for r in trial.history] == [1, 2, 3]
+    assert trial.history[1].time_this_iter_s == 2.0 and trial.history[1].exploited_from == "t_00001"
     (resume,) = record.resumes
     assert (resume["redone_iterations"], resume["redone_s"]) == (1, 2.5)
-    assert resume["down_s"] >= 0 and record.slots == 2 and events.finished(tmp_path)
+    assert resume["down_s"] >= 0 and record.slots == 2 and events.complete(record)
 
 
 def test_within_one_driver_an_exploit_back_to_an_earlier_iteration_keeps_every_row(tmp_path):
@@ -66,20 +68,30 @@ def test_within_one_driver_an_exploit_back_to_an_earlier_iteration_keeps_every_r
          ("trial_result", {"trial_id": "t_00000", "row": _row(1)}),
          ("trial_result", {"trial_id": "t_00000", "row": _row(2)}),
          ("trial_result", {"trial_id": "t_00000", "row": _row(2, exploited_from="t_00001")}))
-    (trial,) = events.replay(tmp_path).trials
-    assert [r["iteration"] for r in trial.history] == [1, 2, 2]
+    (trial,) = RunDir(tmp_path).replay().trials
+    assert [r.iteration for r in trial.history] == [1, 2, 2]
 
 
 def test_the_record_saved_from_events_loads_back(tmp_path):
-    _log(tmp_path, ("run_stopped", {"reason": "SIGUSR1"}))
-    record = events.replay(tmp_path)
-    record.save(tmp_path)
-    again = RunRecord.load(tmp_path)
-    assert again.stopped == "SIGUSR1" and again.resumes == [] and again.budget_trial_iterations == 6
-    assert json.loads((tmp_path / "run_record.json").read_text())["stopped"] == "SIGUSR1"
+    _log(tmp_path, ("run_finished", {"slots": 1, "stopped": "SIGUSR1 (a time limit)"}))
+    run_dir = RunDir(tmp_path)
+    record = run_dir.replay()
+    run_dir.save_record(record)
+    again = run_dir.record()
+    assert again.stopped == "SIGUSR1 (a time limit)" and again.resumes == [] and again.budget_trial_iterations == 6
+    assert json.loads(run_dir.record_file.read_text())["stopped"] == "SIGUSR1 (a time limit)"
+    assert not events.complete(again)  # stopped: resumable
+
+
+def test_a_record_folded_event_by_event_equals_the_replay_of_the_log(tmp_path):
+    log = _log(tmp_path, ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}))
+    held = RunDir(tmp_path).replay()
+    held.apply(log.write("trial_result", trial_id="t_00000", row=_row(1)))
+    held.apply(log.write("run_finished", slots=1, stopped=""))
+    assert held.to_dict() == RunDir(tmp_path).replay().to_dict()
 
 
 def test_a_log_without_its_start_is_refused(tmp_path):
-    events.EventLog(tmp_path).write("trial_started", trial_id="x", name="x", config={})
+    RunDir(tmp_path).event_log().write("trial_started", trial_id="x", name="x", config={})
     with pytest.raises(ValueError, match="does not begin with run_started"):
-        events.replay(tmp_path)
+        RunDir(tmp_path).replay()

@@ -4,26 +4,26 @@ import csv
 import io
 import math
 
-from harness.contract.record import RunRecord
+import pytest
+
+from harness.contract.rundir import RunDir
 from harness.reporting.report import best_table, job_table, trials_table, write_tables
+from recordkit import Run, row
+
+pytestmark = pytest.mark.unit
 
 
-def _record() -> RunRecord:
-    rec = RunRecord(strategy="pbt", preset="smoke", seed=1, config={}, started_at=1_700_000_000.0)
-    rec.trial_started("a", "trial_a", {"lr": 1e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
-    rec.trial_started("b", "trial_b", {"lr": 1e-5, "per_device_train_batch_size": 1, "weight_decay": 0.01})
-    for it, (la, lb) in enumerate([(5.0, 6.0), (4.0, 5.5)], start=1):
-        rec.trial_result("a", {"iteration": it, "eval_loss": la, "lr": 1e-4, "per_device_train_batch_size": 2,
-                               "weight_decay": 0.0, "time_this_iter_s": 10.0, "epoch": float(it),
-                               "exploited_from": "", "segment_start_iteration": 0})
-        rec.trial_result("b", {"iteration": it, "eval_loss": lb, "lr": 1e-5 if it == 1 else 1.2e-4,
-                               "per_device_train_batch_size": 1 if it == 1 else 2, "weight_decay": 0.01,
-                               "time_this_iter_s": 7.5, "epoch": float(it),
-                               "exploited_from": "a" if it == 2 else "", "segment_start_iteration": it - 1})
-    rec.trial_ended("a", "TERMINATED")
-    rec.trial_ended("b", "TERMINATED")
-    rec.finished_at = rec.started_at + 125.0
-    return rec
+def _run() -> Run:
+    """c01 trains two 10 s iterations; c02 two of 7.5 s, and restarts from c01's first checkpoint."""
+    return (Run("pbt", seed=1, config={}, t0=1_700_000_000.0)
+            .trial("t_00000", [row(1, 10, 10, 5.0, epoch=1.0), row(2, 20, 10, 4.0, epoch=2.0)], name="trainable_00000")
+            .trial("t_00001", [row(1, 7.5, 7.5, 6.0, lr=1e-5, bs=1, wd=0.01, epoch=1.0),
+                               row(2, 15, 7.5, 5.5, lr=1.2e-4, bs=2, wd=0.01, donor="t_00000", start_it=1, epoch=2.0)],
+                   name="trainable_00001"))
+
+
+def _record():
+    return _run().record(wall=125.0)
 
 
 def test_job_table_has_start_finish_and_total():
@@ -34,40 +34,36 @@ def test_job_table_has_start_finish_and_total():
 
 def test_trial_rows_show_final_hyperparameters_runtime_and_exploits():
     table = trials_table(_record())
-    by_name = {row[0]: row for row in table.rows}
-    assert by_name["trial_b"][2:9] == [1.2e-4, 2, 0.01, 2, 15.0, 5.5, 1]
-    assert by_name["trial_a"][5:8] == [2, 20.0, 4.0]
+    by_name = {r[0]: r for r in table.rows}
+    assert by_name["c02"][2:9] == [1.2e-4, 2, 0.01, 2, 15.0, 5.5, 1]
+    assert by_name["c01"][5:8] == [2, 20.0, 4.0]
 
 
 def test_best_trial_is_the_lowest_final_eval_loss():
     rows = dict(best_table(_record()).rows)
-    assert rows["trial"] == "trial_a" and rows["best eval loss"] == 4.0 and rows["epochs"] == 2.0
+    assert rows["trial"] == "c01" and rows["best eval loss"] == 4.0 and rows["epochs"] == 2.0
     assert rows["total runtime (s)"] == 20.0 and rows["best lr"] == 1e-4
 
 
 def test_errored_trial_is_never_best_and_empty_record_has_no_best():
-    rec = _record()
-    rec.trial_started("c", "trial_c", {"lr": 1e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
-    rec.trial_result("c", {"iteration": 1, "eval_loss": 0.1, "lr": 1e-4, "per_device_train_batch_size": 2,
-                           "weight_decay": 0.0, "time_this_iter_s": 1.0})
-    rec.trial_ended("c", "ERROR", "boom")
-    assert rec.best_trial().trial_id == "a"
-    empty = RunRecord(strategy="pbt", preset="smoke", seed=1, config={}, started_at=0.0, finished_at=1.0)
-    assert "none" in dict(best_table(empty).rows)["best trial"]
+    rec = _run().trial("t_00002", [row(1, 21, 1, 0.1)], "ERROR", error="boom").record(wall=125.0)
+    assert rec.best_trial().label == "c01"
+    assert "none" in dict(best_table(Run().record(wall=1.0)).rows)["best trial"]
 
 
 def test_tables_are_written_as_markdown_and_csv_and_the_record_round_trips(tmp_path):
     rec = _record()
-    rec.save(tmp_path)
-    loaded = RunRecord.load(tmp_path)
+    run_dir = RunDir(tmp_path)
+    run_dir.save_record(rec)
+    loaded = run_dir.record()
     assert loaded.to_dict() == rec.to_dict()
-    text, folder = write_tables(loaded, tmp_path)
-    assert "| trial_b | TERMINATED | 1.200e-04 | 2 | 0.0100 | 2 | 15.0000 | 5.5000 | 1 |" in text
+    text, folder = write_tables(loaded, run_dir.tables_dir)
+    assert "| c02 | TERMINATED | 1.200e-04 | 2 | 0.0100 | 2 | 15.0000 | 5.5000 | 1 | 0 |" in text
     rows = list(csv.DictReader(io.StringIO((folder / "trials.csv").read_text())))
-    assert {r["trial"] for r in rows} == {"trial_a", "trial_b"}
+    assert {r["trial"] for r in rows} == {"c01", "c02"}
     assert float(rows[0]["lr"]) in (1e-4, 1.2e-4)  # csv keeps full precision
     assert (folder / "job.csv").is_file() and (folder / "best.csv").is_file()
-    assert rec.exploits() == [{"trial": "b", "donor": "a", "from_iteration": 1,
+    assert rec.exploits() == [{"trial": "t_00001", "donor": "t_00000", "from_iteration": 1,
                                "config": {"lr": 1.2e-4, "per_device_train_batch_size": 2, "weight_decay": 0.01}}]
     assert not math.isnan(rec.trials[0].eval_loss)
 

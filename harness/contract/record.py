@@ -1,35 +1,45 @@
-"""The run record: what happened to every trial, from Ray's results as they arrive.
+"""The run record: what happened to every trial, folded from the run's events as they happened.
 
-Every trial event reaches the driver through a Ray Tune callback (also with ``reuse_actors=True``,
-where Ray's own ``result.json`` lost rows) and is appended to the run's event log
-(``harness.contract.events``); the record is derived from that log, saved as ``run_record.json`` in the
-run folder, and is the only input of the tables and of later analysis: nothing is scraped from
-the console.
+Every trial event reaches the driver (through a Ray Tune callback, or the manual grid's loop) and
+is appended to the run's event log (:mod:`harness.contract.events`); the record is that log
+folded event by event (:meth:`RunRecord.apply`), saved as ``run_record.json``, and is the only
+input of the tables and of later analysis: nothing is scraped from the console.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from harness.trial.segment import HPARAMS, PHASES, phase_key
+from harness.contract.iteration import HPARAMS, Iteration
 
-RECORD_FILE = "run_record.json"
-#: Result keys kept per iteration.
-HISTORY_KEYS = (
-    "iteration", "training_iteration", "eval_loss", "train_loss", "epoch", *HPARAMS,
-    "optimizer_lr", "optimizer_weight_decay", "time_this_iter_s", "exploited_from",
-    "segment_start_iteration", "world_size", "node_ip", "pid", *(phase_key(p) for p in PHASES),
-)
+
+class Status(str, Enum):
+    """A trial's state, in Ray Tune's words (the manual grid uses the same)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    TERMINATED = "TERMINATED"
+    ERROR = "ERROR"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: A trial in one of these states has nothing left to do.
+ENDED = (Status.TERMINATED, Status.ERROR)
 
 
 def short_id(trial_id: str) -> str:
-    """``c01``, ``c02``...: the trial's number in its run (Ray's ``trainable_3e890_00003`` and the
-    grid's ``manual_00003`` both end in their 0-based index), for names a person can read."""
+    """``c01``, ``c02``...: the trial's one name everywhere a person reads it (console, tables,
+    MLflow, plots). Ray's ``trainable_3e890_00003`` and the grid's ``manual_00003`` both end in
+    their 0-based index; Ray's id stays in the ``ray_trial_id`` tag and the record."""
     tail = trial_id.rsplit("_", 1)[-1]
     return f"c{int(tail) + 1:02d}" if tail.isdigit() else trial_id
 
@@ -38,9 +48,10 @@ def short_id(trial_id: str) -> str:
 class TrialRecord:
     trial_id: str
     name: str
+    """The scheduler's own name for it (Ray's ``trainable_…_00003``, the grid's combination)."""
     initial_config: dict[str, Any]
-    status: str = "PENDING"
-    history: list[dict[str, Any]] = field(default_factory=list)
+    status: str = Status.PENDING
+    history: list[Iteration] = field(default_factory=list)
     started_at: float | None = None
     ended_at: float | None = None
     error: str = ""
@@ -48,40 +59,53 @@ class TrialRecord:
     """Times the trial failed and was restarted from its last checkpoint (``tune.max_failures``)."""
 
     @property
-    def last(self) -> dict[str, Any]:
-        return self.history[-1] if self.history else {}
+    def label(self) -> str:
+        """The name a person reads: ``c03``."""
+        return short_id(self.trial_id)
+
+    @property
+    def last(self) -> Iteration | None:
+        return self.history[-1] if self.history else None
 
     @property
     def final_config(self) -> dict[str, Any]:
-        last = self.last
-        return {k: last[k] for k in HPARAMS} if last else dict(self.initial_config)
+        """The hyperparameters the trial ended with (PBT mutates them)."""
+        return self.last.hparams.as_dict() if self.last else dict(self.initial_config)
 
     @property
     def iterations(self) -> int:
-        return int(self.last.get("iteration", 0))
+        return self.last.iteration if self.last else 0
 
     @property
     def eval_loss(self) -> float:
-        return float(self.last.get("eval_loss", math.nan))
+        value = self.last.eval_loss if self.last else None
+        return math.nan if value is None else float(value)
 
     @property
     def runtime_s(self) -> float:
         """Seconds this trial spent training and evaluating (its own iterations only)."""
-        return float(sum(row.get("time_this_iter_s") or 0.0 for row in self.history))
+        return float(sum(row.seconds for row in self.history))
 
     @property
     def exploits(self) -> list[dict[str, Any]]:
         """PBT exploits: the donor this trial cloned, the iteration it restarted from, its new config."""
         return [
-            {
-                "trial": self.trial_id,
-                "donor": row["exploited_from"],
-                "from_iteration": int(row["segment_start_iteration"]),
-                "config": {k: row[k] for k in HPARAMS},
-            }
-            for row in self.history
-            if row.get("exploited_from")
+            {"trial": self.trial_id, "donor": row.exploited_from, "from_iteration": int(row.segment_start_iteration or 0),
+             "config": row.hparams.as_dict()}
+            for row in self.history if row.exploited_from
         ]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["status"] = str(self.status)
+        out["history"] = [row.to_dict() for row in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
+        values = dict(data)
+        values["history"] = [Iteration.from_metrics(row) for row in values.get("history", [])]
+        return cls(**values)
 
 
 @dataclass
@@ -94,6 +118,8 @@ class RunRecord:
     finished_at: float = 0.0
     trials: list[TrialRecord] = field(default_factory=list)
     mlflow_run_id: str = ""
+    mlflow_children: dict[str, str] = field(default_factory=dict)
+    """trial id -> its MLflow child run: what a resume continues."""
     slots: int = 0
     """Trials that could run at once (1 for the sequential manual grid)."""
     budget_trial_iterations: int = 0
@@ -103,62 +129,118 @@ class RunRecord:
     iterations (and trial-seconds) it trained again because they were not checkpointed."""
     stopped: str = ""
     """Why the run stopped before its trials were done (SIGUSR1 before a time limit), or ""."""
+    last_event_at: float = 0.0
+    """When the newest event was written (the run's end, if it never wrote ``run_finished``)."""
+    _since_resume: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def wall_s(self) -> float:
-        return self.finished_at - self.started_at
+        return (self.finished_at or self.last_event_at) - self.started_at
 
-    def best_trial(self) -> TrialRecord | None:
-        done = [t for t in self.trials if t.history and not math.isnan(t.eval_loss)]
-        finished = [t for t in done if t.status == "TERMINATED"] or done
-        return min(finished, key=lambda t: t.eval_loss) if finished else None
-
-    def exploits(self) -> list[dict[str, Any]]:
-        return [e for t in self.trials for e in t.exploits]
-
-    # -- sink interface: the same three events from any strategy (Ray or not) --------------
-
-    def _trial(self, trial_id: str) -> TrialRecord:
+    def trial(self, trial_id: str) -> TrialRecord:
         for rec in self.trials:
             if rec.trial_id == trial_id:
                 return rec
         raise KeyError(f"trial {trial_id} was never started")
 
-    def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
-        """A trial (re)starts; PBT restarts exploited trials, which keep their first record."""
-        if not any(rec.trial_id == trial_id for rec in self.trials):
-            self.trials.append(TrialRecord(trial_id=trial_id, name=name,
-                                           initial_config={k: config[k] for k in HPARAMS if k in config}))
-        rec = self._trial(trial_id)
-        rec.status = "RUNNING"
-        if rec.started_at is None:
-            rec.started_at = time.time()
+    def best_trial(self) -> TrialRecord | None:
+        done = [t for t in self.trials if t.history and not math.isnan(t.eval_loss)]
+        finished = [t for t in done if t.status == Status.TERMINATED] or done
+        return min(finished, key=lambda t: t.eval_loss) if finished else None
 
-    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        row = {k: result.get(k) for k in HISTORY_KEYS}
-        row["received_at"] = time.time()
-        self._trial(trial_id).history.append(row)
+    def exploits(self) -> list[dict[str, Any]]:
+        return [e for t in self.trials for e in t.exploits]
 
-    def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
-        rec = self._trial(trial_id)
-        rec.status, rec.ended_at, rec.error = status, time.time(), error
+    @property
+    def open_trials(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.status not in ENDED]
+
+    @property
+    def iterations_done(self) -> int:
+        return sum(t.iterations for t in self.trials)
+
+    # -- the fold: one event at a time, in the order they were written ---------------------
+
+    @classmethod
+    def started(cls, event: Mapping[str, Any]) -> RunRecord:
+        """The record a ``run_started`` event opens."""
+        return cls(strategy=event["strategy"], preset=event["preset"], seed=int(event["seed"]), config=event["config"],
+                   started_at=float(event["at"]), budget_trial_iterations=int(event["budget"]),
+                   last_event_at=float(event["at"]))
+
+    def apply(self, event: Mapping[str, Any]) -> None:
+        """Fold one later event into the record.
+
+        After a resume, Ray Tune (or the manual grid) continues each trial from the last
+        checkpoint it had saved, so a trial's first report after it can repeat iterations the
+        record holds (PBT exploits included): the new report wins, and the earlier rows from that
+        iteration on count as redone work (``resumes``: how many iterations, how many
+        trial-seconds, and how long the run was down). Within one driver's lifetime nothing is
+        dropped: an asynchronous PBT exploit that goes back to a donor's earlier iteration is the
+        lineage analysis's business.
+        """
+        kind, at = event["event"], float(event["at"])
+        if kind == "mlflow_parent":
+            self.mlflow_run_id = event["run_id"]
+        elif kind == "mlflow_child":
+            self.mlflow_children[event["trial_id"]] = event["run_id"]
+        elif kind == "trial_started":
+            if not any(t.trial_id == event["trial_id"] for t in self.trials):
+                self.trials.append(TrialRecord(trial_id=event["trial_id"], name=event["name"],
+                                               initial_config={k: event["config"][k] for k in HPARAMS
+                                                               if k in event["config"]},
+                                               started_at=at))
+            self.trial(event["trial_id"]).status = Status.RUNNING
+        elif kind == "trial_result":
+            self._add_row(self.trial(event["trial_id"]), Iteration.from_metrics(event["row"], received_at=at))
+        elif kind == "trial_retried":
+            rec = self.trial(event["trial_id"])
+            rec.retries += 1
+            rec.error = event.get("error", "")
+        elif kind == "trial_ended":
+            rec = self.trial(event["trial_id"])
+            rec.status, rec.ended_at, rec.error = Status(event["status"]), at, event.get("error", "")
+        elif kind == "resumed":
+            self._since_resume = {t.trial_id for t in self.trials}
+            self.resumes.append({"at": at, "down_s": at - self.last_event_at, "redone_iterations": 0, "redone_s": 0.0})
+            self.finished_at, self.stopped = 0.0, ""
+        elif kind == "run_finished":
+            self.finished_at, self.slots = at, int(event.get("slots") or self.slots)
+            self.stopped = event.get("stopped", "")
+        self.last_event_at = at
+
+    def _add_row(self, rec: TrialRecord, row: Iteration) -> None:
+        if rec.trial_id in self._since_resume:
+            self._since_resume.discard(rec.trial_id)
+            redone = [r for r in rec.history if r.iteration >= row.iteration]
+            self.resumes[-1]["redone_iterations"] += len(redone)
+            self.resumes[-1]["redone_s"] += sum(r.seconds for r in redone)
+            rec.history = [r for r in rec.history if not any(r is d for d in redone)]
+        rec.history.append(row)
+
+    # -- the saved form ---------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        out["trials"] = [t.to_dict() for t in self.trials]
         out["wall_s"] = self.wall_s
         return out
 
-    def save(self, run_dir: str | Path) -> Path:
-        path = Path(run_dir) / RECORD_FILE
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str))
         return path
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
+        values = {k: v for k, v in data.items() if k in names}
+        values["trials"] = [TrialRecord.from_dict(t) for t in data["trials"]]
+        if not values.get("last_event_at"):
+            values["last_event_at"] = float(values.get("finished_at") or values["started_at"])
+        return cls(**values)
+
+    @classmethod
     def load(cls, path: str | Path) -> RunRecord:
-        path = Path(path)
-        if path.is_dir():
-            path = path / RECORD_FILE
-        data = json.loads(path.read_text())
-        data.pop("wall_s", None)
-        data["trials"] = [TrialRecord(**t) for t in data["trials"]]
-        return cls(**data)
+        return cls.from_dict(json.loads(Path(path).read_text()))
+

@@ -5,7 +5,7 @@ Every number comes from :class:`~harness.contract.record.RunRecord` files (the p
 strategy reported, stamped by one clock, the driver's), never from the console. Functions never
 mutate their input, and the bootstrap takes a seeded generator.
 
-The accounting (``../shared/QUIZ.md``):
+The accounting (docs/accounting.md says why it holds):
 
 * wall = set-up (before the first trial iteration starts) + the trial window + teardown;
 * mean concurrency = Σ trial runtime / trial window: what makes a job shorter than Σ;
@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.contract.record import RunRecord, TrialRecord
-from harness.trial.segment import HPARAMS, PHASES, PURE_PHASES, phase_key
+from harness.contract.iteration import PHASES, PURE_PHASES, Iteration
+from harness.contract.record import RunRecord, Status, TrialRecord
 
 Interval = tuple[float, float]
 
@@ -56,11 +56,10 @@ def trial_intervals(trial: TrialRecord, lo: float = -math.inf, hi: float = math.
     """Busy intervals of one trial, one per reported iteration, clipped to [lo, hi] and merged."""
     raw = []
     for row in trial.history:
-        end = row.get("received_at")
-        dur = row.get("time_this_iter_s") or 0.0
+        end = row.received_at
         if end is None:
             continue
-        start, end = max(lo, end - max(dur, 0.0)), min(hi, end)
+        start, end = max(lo, end - row.seconds), min(hi, end)
         if end > start:
             raw.append((start, end))
     return merge(raw)
@@ -100,7 +99,7 @@ def planned_iterations(record: RunRecord) -> int:
 
 def iteration_seconds(trial: TrialRecord) -> float:
     """Mean seconds one of this trial's iterations took (nan without any)."""
-    times = [row.get("time_this_iter_s") or 0.0 for row in trial.history]
+    times = [row.seconds for row in trial.history]
     return sum(times) / len(times) if times else math.nan
 
 
@@ -120,7 +119,7 @@ def early_stopping(record: RunRecord) -> tuple[int, int, float]:
     stopped = avoided = 0
     seconds = 0.0
     for t in record.trials:
-        if t.status == "TERMINATED" and 0 < t.iterations < planned:
+        if t.status == Status.TERMINATED and 0 < t.iterations < planned:
             stopped += 1
             avoided += planned - t.iterations
             seconds += (planned - t.iterations) * iteration_seconds(t)
@@ -135,19 +134,19 @@ def lineage_waste(record: RunRecord) -> tuple[int, float]:
     before the exploit). The final models are each trial's last row; every row not among their
     ancestors was trained and then overwritten.
     """
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    rows: dict[tuple[str, int], Iteration] = {}
     parent: dict[tuple[str, int], tuple[str, int] | None] = {}
     by_id = {t.trial_id: t for t in record.trials}
     for t in record.trials:
         for i, row in enumerate(t.history):
             node = (t.trial_id, i)
             rows[node] = row
-            donor = row.get("exploited_from")
+            donor = row.exploited_from
             if donor and donor in by_id:
-                restored = int(row.get("segment_start_iteration") or 0)
-                before = row.get("received_at") or math.inf
+                restored = int(row.segment_start_iteration or 0)
+                before = row.received_at or math.inf
                 candidates = [j for j, r in enumerate(by_id[donor].history)
-                              if int(r.get("iteration") or 0) == restored and (r.get("received_at") or 0) <= before]
+                              if r.iteration == restored and (r.received_at or 0) <= before]
                 parent[node] = (donor, candidates[-1]) if candidates else None
             else:
                 parent[node] = (t.trial_id, i - 1) if i > 0 else None
@@ -158,7 +157,7 @@ def lineage_waste(record: RunRecord) -> tuple[int, float]:
             kept.add(node)
             node = parent.get(node)
     lost = [rows[n] for n in rows if n not in kept]
-    return len(lost), float(sum(r.get("time_this_iter_s") or 0.0 for r in lost))
+    return len(lost), float(sum(r.seconds for r in lost))
 
 
 def distinct_configs(record: RunRecord) -> int:
@@ -166,15 +165,16 @@ def distinct_configs(record: RunRecord) -> int:
     seen = set()
     for t in record.trials:
         for row in t.history:
-            if all(row.get(k) is not None for k in HPARAMS):
-                seen.add(tuple(round(float(row[k]), 12) for k in HPARAMS))
+            values = tuple(row.hparams.as_dict().values())
+            if all(v is not None for v in values):
+                seen.add(tuple(round(float(v), 12) for v in values))
     return len(seen)
 
 
 def best_value(record: RunRecord) -> float:
     """The best metric value any trial reported at any iteration."""
     metric, mode = metric_of(record)
-    values = [row[metric] for t in record.trials for row in t.history if row.get(metric) is not None]
+    values = [v for t in record.trials for row in t.history if (v := row.metric(metric)) is not None]
     return better(mode)(values) if values else math.nan
 
 
@@ -186,18 +186,17 @@ def segment_iteration_times(record: RunRecord) -> tuple[list[float], list[float]
     for t in record.trials:
         previous_start = None
         for row in t.history:
-            start = row.get("segment_start_iteration")
-            seconds = row.get("time_this_iter_s")
-            if seconds is None:
+            start = row.segment_start_iteration
+            if row.time_this_iter_s is None:
                 continue
-            (first if start != previous_start else later).append(float(seconds))
+            (first if start != previous_start else later).append(float(row.time_this_iter_s))
             previous_start = start
     return first, later
 
 
 def phase_seconds(record: RunRecord) -> dict[str, float]:
     """Σ seconds per phase over all rows (phases a record lacks count 0)."""
-    return {p: float(sum(row.get(phase_key(p)) or 0.0 for t in record.trials for row in t.history)) for p in PHASES}
+    return {p: float(sum(row.phases.get(p) or 0.0 for t in record.trials for row in t.history)) for p in PHASES}
 
 
 def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
@@ -205,14 +204,15 @@ def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
     reported iteration, in arrival order: the anytime curve of HPO benchmarks."""
     metric, mode = metric_of(record)
     pick = better(mode)
-    rows = sorted((row for t in record.trials for row in t.history if row.get("received_at") is not None),
-                  key=lambda r: r["received_at"])
+    rows = sorted((row for t in record.trials for row in t.history if row.received_at is not None),
+                  key=lambda r: r.received_at)
     out, spent, best = [], 0.0, math.nan
     for row in rows:
-        spent += row.get("time_this_iter_s") or 0.0
-        if row.get(metric) is not None:
-            best = row[metric] if math.isnan(best) else pick([best, row[metric]])
-        out.append((row["received_at"] - record.started_at, spent, best))
+        spent += row.seconds
+        value = row.metric(metric)
+        if value is not None:
+            best = value if math.isnan(best) else pick([best, value])
+        out.append((row.received_at - record.started_at, spent, best))
     return out
 
 
@@ -291,7 +291,7 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         seed=record.seed,
         run_dir=run_dir,
         trials=len(record.trials),
-        errored=sum(t.status == "ERROR" for t in record.trials),
+        errored=sum(t.status == Status.ERROR for t in record.trials),
         retries=sum(t.retries for t in record.trials),
         resumes=len(record.resumes),
         redone_iterations=sum(r["redone_iterations"] for r in record.resumes),

@@ -10,8 +10,8 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.config import ConfigError
-from harness.contract.record import RunRecord
-from harness.reporting.report import TABLES_DIR, Table, best_table, duration, trials_table
+from harness.contract.rundir import RunDir
+from harness.reporting.report import Table, best_table, duration, trials_table
 
 BANNER = re.compile(r"^===== JOB (\S+) (START|FINISH) : (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}) =====$")
 RUN_FOLDER = re.compile(r"^run folder: (.+)$")
@@ -60,16 +60,17 @@ def collect(log_path: str | Path) -> tuple[str, Path]:
     """Write ``<log>.tables/`` (markdown + CSV) beside the log; returns (markdown, folder)."""
     log_path = Path(log_path)
     if not log_path.is_file():
-        raise ConfigError(f"{str(log_path)!r} does not exist; give a head job log such as logs/ray_head_...-<id>.out")
+        raise ConfigError(f"{str(log_path)!r} does not exist; give a head job log such as logs/hpo-pbt-seed-<id>.out")
     job = parse_log(log_path.read_text(errors="replace"), str(log_path))
     tables = [job_table(job)]
-    if job.run_dir is None or not (job.run_dir / "run_record.json").is_file():
+    run_dir = RunDir(job.run_dir) if job.run_dir is not None else None
+    if run_dir is None or not run_dir.record_file.is_file():
         note = "the driver did not get as far as a run record (see the log)"
         tables.append(Table("trials", "Trials", ["note"], [[note]]))
     else:
-        record = RunRecord.load(job.run_dir)
+        record = run_dir.record()
         tables += [trials_table(record), best_table(record)]
-    out = log_path.with_name(log_path.stem + f".{TABLES_DIR}")
+    out = log_path.with_name(log_path.stem + ".tables")
     out.mkdir(exist_ok=True)
     for table in tables:
         (out / f"{table.name}.csv").write_text(table.csv())

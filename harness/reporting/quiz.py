@@ -10,7 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from harness.reporting.analysis import MIN_SEEDS, PARALLEL_THRESHOLD, UNDER_USED, Aggregate, decided
+from harness.reporting.analysis import (
+    MIN_SEEDS,
+    PARALLEL_THRESHOLD,
+    UNDER_USED,
+    Aggregate,
+    decided,
+)
 
 Q1 = ("Eight PBT trials each take about 20 minutes, yet the whole job ends after about 25. Why is the job "
       "so much shorter than the sum of the trials' runtimes?")

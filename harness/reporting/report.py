@@ -10,9 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.contract.record import RunRecord
-
-TABLES_DIR = "tables"
+from harness import strategies
+from harness.contract.iteration import PHASES
+from harness.contract.record import RunRecord, Status
+from harness.reporting import quiz
+from harness.reporting.analysis import pairwise
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def job_table(record: RunRecord) -> Table:
                                 f"iteration(s) trained again ({r['redone_s']:.1f} trial-s)"])
     if record.stopped:
         rows.append(["stopped", f"{record.stopped}: continue with python -m harness run --resume <this run folder>"])
-    errored = [t.name for t in record.trials if t.status == "ERROR"]
+    errored = [t.label for t in record.trials if t.status == Status.ERROR]
     retries = sum(t.retries for t in record.trials)
     if errored or retries:
         rows.append(["trial failures", f"{retries} restarted from a checkpoint; {len(errored)} errored"
@@ -78,10 +80,10 @@ def job_table(record: RunRecord) -> Table:
 
 def trials_table(record: RunRecord) -> Table:
     rows = []
-    for t in sorted(record.trials, key=lambda t: t.name):
+    for t in sorted(record.trials, key=lambda t: t.label):
         cfg = t.final_config
         rows.append([
-            t.name, t.status, cfg.get("lr"), cfg.get("per_device_train_batch_size"), cfg.get("weight_decay"),
+            t.label, str(t.status), cfg.get("lr"), cfg.get("per_device_train_batch_size"), cfg.get("weight_decay"),
             t.iterations, round(t.runtime_s, 2), t.eval_loss, len(t.exploits), t.retries,
         ])
     return Table(
@@ -99,13 +101,13 @@ def best_table(record: RunRecord) -> Table:
     cfg = best.final_config
     return Table(
         "best", "Best trial", ["field", "value"],
-        [["trial", best.name],
+        [["trial", best.label],
          ["best lr", cfg["lr"]],
          ["best batch size", cfg["per_device_train_batch_size"]],
          ["best weight decay", cfg["weight_decay"]],
          ["best eval loss", best.eval_loss],
          ["total runtime (s)", round(best.runtime_s, 2)],
-         ["epochs", best.last.get("epoch")],
+         ["epochs", best.last.epoch if best.last else None],
          ["iterations", best.iterations]],
     )
 
@@ -114,9 +116,8 @@ def tables(record: RunRecord) -> list[Table]:
     return [job_table(record), trials_table(record), best_table(record)]
 
 
-def write_tables(record: RunRecord, run_dir: str | Path) -> tuple[str, Path]:
-    """Write ``tables/<name>.csv`` and ``tables/results.md``; returns (markdown, folder)."""
-    out = Path(run_dir) / TABLES_DIR
+def write_tables(record: RunRecord, out: Path) -> tuple[str, Path]:
+    """Write ``<out>/<name>.csv`` and ``<out>/results.md``; returns (markdown, folder)."""
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for table in tables(record):
@@ -149,8 +150,6 @@ COMPARISON_COLUMNS = [
 
 
 def comparison_rows(aggregates: list[Any]) -> list[dict[str, Any]]:
-    from harness import strategies
-
     rows = []
     for a in aggregates:
         row: dict[str, Any] = {
@@ -221,8 +220,6 @@ def runs_table(aggregates: list[Any]) -> Table:
 
 
 def phases_table(aggregates: list[Any]) -> Table:
-    from harness.trial.segment import PHASES
-
     rows = []
     for a in aggregates:
         runs = a.runs
@@ -234,8 +231,6 @@ def phases_table(aggregates: list[Any]) -> Table:
 
 
 def pairwise_table(aggregates: list[Any]) -> Table:
-    from harness.reporting.analysis import pairwise
-
     rows = [[a, "best eval_loss", verdict, b] for a, b, verdict in pairwise(aggregates, "best_eval_loss")]
     rows += [[a, "wall time", {"better": "shorter", "worse": "longer"}.get(verdict, verdict), b]
              for a, b, verdict in pairwise(aggregates, "wall_s")]
@@ -244,9 +239,6 @@ def pairwise_table(aggregates: list[Any]) -> Table:
 
 
 def quiz_markdown(aggregates: list[Any]) -> str:
-    from harness.reporting import quiz
-    from harness import strategies
-
     def verdict_lines(verdicts: list[Any]) -> list[str]:
         return [f"- **{v.option} ({v.holds})** {v.text} {v.evidence}. *Rule: {v.rule}.*" for v in verdicts]
 
@@ -269,157 +261,11 @@ def quiz_markdown(aggregates: list[Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-_STATUS_COLOURS = {"TERMINATED": "tab:green", "ERROR": "tab:red", "RUNNING": "tab:orange", "PENDING": "tab:gray"}
-
-
-def plot_gantt(records: dict[str, RunRecord], path: Path) -> Path:
-    """One bar per busy interval of each trial, coloured by the trial's final status; exploits marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.reporting.analysis import early_stopping, planned_iterations, trial_intervals
-
-    fig, axes = plt.subplots(len(records), 1, figsize=(11, 1.2 + 0.35 * sum(len(r.trials) for r in records.values())),
-                             squeeze=False)
-    for ax, (name, rec) in zip(axes[:, 0], records.items()):
-        trials = sorted(rec.trials, key=lambda t: t.started_at or 0)
-        planned = planned_iterations(rec)
-        for y, t in enumerate(trials):
-            colour = _STATUS_COLOURS.get(t.status, "tab:gray")
-            if t.status == "TERMINATED" and t.iterations < planned:
-                colour = "tab:olive"  # stopped early by the scheduler
-            spans = [(s - rec.started_at, e - s) for s, e in trial_intervals(t, rec.started_at, rec.finished_at)]
-            ax.broken_barh(spans, (y - 0.35, 0.7), color=colour)
-            for row in t.history:
-                if row.get("exploited_from"):
-                    start = row["received_at"] - (row.get("time_this_iter_s") or 0) - rec.started_at
-                    ax.plot(start, y, marker="v", color="black", markersize=6)
-        ax.set_yticks(range(len(trials)), [t.trial_id[-5:] for t in trials], fontsize=7)
-        stopped, _, _ = early_stopping(rec)
-        ax.set_title(f"{name}: wall {rec.wall_s:.0f} s, {len(trials)} trials"
-                     + (f", {stopped} stopped early" if stopped else "")
-                     + (f", {len(rec.exploits())} exploits (▼)" if rec.exploits() else ""), fontsize=9, loc="left")
-        ax.set_xlim(0, max(rec.wall_s, 1))
-    axes[-1, 0].set_xlabel("seconds since job start (green: all iterations, olive: stopped early, red: error)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_losses(records: dict[str, RunRecord], path: Path) -> Path:
-    """eval_loss over iterations, one line per trial, one panel per strategy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.4), squeeze=False, sharey=True)
-    for ax, (name, rec) in zip(axes[0], records.items()):
-        for t in rec.trials:
-            xs = [row["iteration"] for row in t.history if row.get("eval_loss") is not None]
-            ys = [row["eval_loss"] for row in t.history if row.get("eval_loss") is not None]
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("iteration")
-    axes[0, 0].set_ylabel("eval_loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_lineage(record: RunRecord, path: Path) -> Path:
-    """Lineage of a population-based run: a row per trial over iterations; an arrow from donor to receiver at each exploit,
-    labelled with the receiver's new lr / batch size / weight decay."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    trials = sorted(record.trials, key=lambda t: t.trial_id)
-    rows = {t.trial_id: y for y, t in enumerate(trials)}
-    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.7 * len(trials)))
-    for t in trials:
-        its = [row["iteration"] for row in t.history]
-        ax.plot(its, [rows[t.trial_id]] * len(its), marker="o", color="tab:blue", linewidth=1)
-        for row in t.history:
-            ax.annotate(f"{row['eval_loss']:.2f}", (row["iteration"], rows[t.trial_id]), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=6)
-    for e in record.exploits():
-        if e["donor"] not in rows:
-            continue
-        x = e["from_iteration"]
-        ax.annotate("", xy=(x + 0.5, rows[e["trial"]]), xytext=(x, rows[e["donor"]]),
-                    arrowprops=dict(arrowstyle="->", color="tab:red"))
-        c = e["config"]
-        ax.annotate(f"lr {c['lr']:.2e}, bs {c['per_device_train_batch_size']}, wd {c['weight_decay']:g}",
-                    (x + 0.5, rows[e["trial"]]), textcoords="offset points", xytext=(4, -10), fontsize=6,
-                    color="tab:red")
-    ax.set_yticks(range(len(trials)), [t.trial_id for t in trials], fontsize=7)
-    ax.set_xticks(range(0, int(record.config.get("train", {}).get("iterations", 1)) + 1))
-    ax.set_xlabel("iteration (red arrow: the receiver restarts from the donor's checkpoint with mutated values)")
-    ax.set_title(f"{record.strategy} lineage: {len(record.exploits())} exploits", fontsize=10, loc="left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_anytime(aggregates: list[Any], records: dict[tuple[str, int], RunRecord], path: Path) -> Path:
-    """Best eval_loss so far against wall time and against cumulative trial-seconds, per strategy:
-    the median across seeds, with a band from the best to the worst seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from harness.reporting.analysis import anytime
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for colour, a in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, aggregates):
-        curves = [anytime(records[(a.strategy, s.seed)]) for s in a.runs]
-        curves = [c for c in curves if c]
-        if not curves:
-            continue
-        for ax, column, label in ((axes[0], 0, "seconds since the job started"),
-                                  (axes[1], 1, "cumulative trial-seconds")):
-            end = max(c[-1][column] for c in curves)
-            xs = np.linspace(0, end, 200)
-            ys = []
-            for c in curves:
-                x = np.array([p[column] for p in c])
-                y = np.array([p[2] for p in c])
-                idx = np.searchsorted(x, xs, side="right") - 1
-                ys.append(np.where(idx >= 0, y[np.clip(idx, 0, None)], np.nan))
-            ys_arr = np.array(ys)
-            with np.errstate(all="ignore"):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a first result
-                    median = np.nanmedian(ys_arr, axis=0)
-                    low, high = np.nanmin(ys_arr, axis=0), np.nanmax(ys_arr, axis=0)
-            ax.step(xs, median, where="post", color=colour, label=f"{a.strategy} (n={len(curves)})")
-            ax.fill_between(xs, low, high, step="post", color=colour, alpha=0.15)
-            ax.set_xlabel(label)
-    axes[0].set_ylabel("best eval_loss so far")
-    axes[0].legend(fontsize=8)
-    fig.suptitle("Anytime performance: median across seeds, band from best to worst seed", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list[Any],
                      out: Path) -> tuple[str, list[Path]]:
     """comparison.md, comparison.csv, runs.csv and the PNG plots in ``out``; ``records`` maps
     (strategy, seed) to its record."""
-    from harness import strategies
+    from harness.reporting import plots  # matplotlib: only a comparison draws
 
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "comparison.csv", out / "comparison.md", out / "runs.csv"]
@@ -427,17 +273,17 @@ def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list
     runs = runs_table(aggregates)
     files[2].write_text(runs.csv())
     first = {a.strategy: records[(a.strategy, a.runs[0].seed)] for a in aggregates}
-    plots = [plot_anytime(aggregates, records, out / "anytime.png"), plot_gantt(first, out / "gantt.png"),
-             plot_losses(first, out / "eval_loss.png")]
+    figures = [plots.anytime_curves(aggregates, records, out / "anytime.png"), plots.gantt(first, out / "gantt.png"),
+               plots.losses(first, out / "eval_loss.png")]
     for name, rec in first.items():
         if name in strategies.REGISTRY and strategies.REGISTRY[name].exploits:
-            plots.append(plot_lineage(rec, out / f"{name}_lineage.png"))
+            figures.append(plots.lineage(rec, out / f"{name}_lineage.png"))
     n_seeds = sorted({len(a.runs) for a in aggregates})
     text = (f"# Strategy comparison\n\n{len(aggregates)} strategies, {'/'.join(map(str, n_seeds))} seed(s) each. "
             "Budgets are compared on the trial-iterations each run really trained; a strategy whose budget "
             "differs from the most common one by more than 10% is shown but not ranked.\n\n"
             f"{comparison_table(aggregates).markdown()}\n{pairwise_table(aggregates).markdown()}\n"
             f"{phases_table(aggregates).markdown()}\n{runs.markdown()}\n{quiz_markdown(aggregates)}\n"
-            + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+            + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n")
     files[1].write_text(text)
-    return text, files + plots
+    return text, files + figures

@@ -38,8 +38,10 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
-from harness.contract.record import short_id  # noqa: E402
-from harness.trial.segment import HPARAMS, PHASES, phase_key  # noqa: E402
+from harness.contract.iteration import HPARAMS, HParams, Iteration  # noqa: E402
+from harness.contract.record import RunRecord, Status, short_id  # noqa: E402
+from harness.contract.rundir import RunDir  # noqa: E402
+from harness.contract.sink import Sink  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +61,6 @@ RUNS_VIEW_COLUMNS = (
 
 #: MLflow shows this tag as a run's description.
 DESCRIPTION = "mlflow.note.content"
-
-#: Metrics logged per iteration (step = the trial's own iteration count).
-ITERATION_METRICS = (
-    "eval_loss", "train_loss", *HPARAMS, "optimizer_lr", "optimizer_weight_decay", "epoch", "time_this_iter_s",
-    *(phase_key(p) for p in PHASES),
-)
-
 
 def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
@@ -94,7 +89,6 @@ def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> 
     return experiment_id
 
 
-SPOOL_FILE = "mlflow_spool.jsonl"
 #: What a tracking server that is down or restarting raises through MlflowClient (a bug does not).
 UNREACHABLE = (MlflowException, requests.RequestException, OSError)
 #: Seconds between attempts to reach a tracking server that stopped answering.
@@ -121,28 +115,28 @@ def spooled(method: Callable[..., None]) -> Callable[..., None]:
     return guarded
 
 
-class Tracker:
+class Tracker(Sink):
     """Sink for trial events that writes MLflow runs; use as a context manager around a run."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path, tags: dict[str, str], *,
-                 events: Any = None, resume: dict[str, Any] | None = None):
-        """``events``: the run's event log, told every child run's id; ``resume``: the parent and
-        child run ids of an earlier driver (``harness.contract.events.mlflow_runs``), continued, not recreated."""
+    def __init__(self, cfg: ExperimentConfig, run_dir: RunDir, tags: dict[str, str], *,
+                 events: Any = None, previous: RunRecord | None = None):
+        """``events``: the run's event log, told every child run's id; ``previous``: the record of an
+        earlier driver of this run, whose parent and child runs are continued, not recreated."""
         self.events = events
-        self.resume = resume
+        self.continuing = previous is not None
         self.stop_reason = ""
-        self.spool_path = Path(run_dir) / SPOOL_FILE
+        self.spool_path = run_dir.spool_file
         self.last_attempt = 0.0
         self.replaying = False
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
+        self.run_dir = run_dir
         results_dir = Path(cfg.results_dir)
         self.uri = tracking_uri(results_dir)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment_id = _experiment_id(self.client, experiment_name(cfg), results_dir)
         self.tags = tags
-        self.parent_id = ""
-        self.children: dict[str, str] = {}
+        self.parent_id = previous.mlflow_run_id if previous else ""
+        self.children: dict[str, str] = dict(previous.mlflow_children) if previous else {}
 
     # -- parent run ------------------------------------------------------------------------
 
@@ -155,12 +149,10 @@ class Tracker:
         return (f"One `{cfg.strategy}` run of the `{Path(cfg.preset).stem}` preset, seed {cfg.seed}: a budget of "
                 f"{cfg.budget_iterations()} trial-iterations of {cfg.train.iterations} per trial. Child runs are its "
                 f"trials (c01, c02, ...); metrics here are the run's totals (wall_s, sum_runtime_s, slot_utilization, "
-                f"best_eval_loss, ...). Run folder: {self.run_dir.resolve()}")
+                f"best_eval_loss, ...). Run folder: {self.run_dir}")
 
     def __enter__(self) -> Tracker:
-        if self.resume:
-            self.parent_id = self.resume["parent"]
-            self.children = dict(self.resume["children"])
+        if self.continuing:
             resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "resumes", str(resumes))
@@ -170,7 +162,7 @@ class Tracker:
             run_name=self.run_name,
             tags={"strategy": self.cfg.strategy, "preset": self.cfg.preset, "seed": str(self.cfg.seed),
                   DESCRIPTION: self.description(),
-                  "run_dir": str(self.run_dir.resolve()), **self.tags},
+                  "run_dir": str(self.run_dir), **self.tags},
         )
         self.parent_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.cfg.flat().items())]
@@ -261,8 +253,11 @@ class Tracker:
     def _tag_stopped(self, reason: str) -> None:
         self.client.set_tag(self.parent_id, "stopped", reason)
 
+    def trial_started(self, trial_id: str, name: str, hparams: HParams) -> None:
+        self._start_trial(trial_id, name, hparams.as_dict())
+
     @spooled
-    def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
+    def _start_trial(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
         if trial_id not in self.children and self.replaying:  # the server may have taken it before it failed
             found = self.client.search_runs(
                 [self.experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
@@ -291,30 +286,23 @@ class Tracker:
         params = [Param(k, str(config[k])) for k in HPARAMS if k in config]
         self.client.log_batch(run.info.run_id, params=params + [Param("trial_id", trial_id)])
 
-    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+    def trial_result(self, trial_id: str, row: Iteration) -> None:
         # the time of the result, kept in the spool: a replay logs the same point, and can see it is there
-        self._log_result(trial_id, {**{k: result.get(k) for k in (*ITERATION_METRICS, "iteration",
-                                                                   "training_iteration", "exploited_from", *HPARAMS)},
-                                    "_ts": _now_ms()})
+        self._log_result(trial_id, row.to_dict(), _now_ms())
 
     @spooled
-    def _log_result(self, trial_id: str, result: dict[str, Any]) -> None:
+    def _log_result(self, trial_id: str, result: dict[str, Any], ts: int) -> None:
+        row = Iteration.from_metrics(result)
         run_id = self.children[trial_id]
-        step = int(result.get("iteration") or result.get("training_iteration") or 0)
-        ts = int(result["_ts"])
+        step = row.iteration or row.training_iteration
         if self.replaying and any(m.step == step and m.timestamp == ts
                                   for m in self.client.get_metric_history(run_id, "exploited")):
             return  # the server took it before the connection failed
-        metrics = [
-            Metric(k, float(result[k]), ts, step)
-            for k in ITERATION_METRICS
-            if isinstance(result.get(k), (int, float))
-        ]
-        donor = result.get("exploited_from")
-        metrics.append(Metric("exploited", 1.0 if donor else 0.0, ts, step))
+        metrics = [Metric(k, v, ts, step) for k, v in row.logged_metrics().items()]
+        metrics.append(Metric("exploited", 1.0 if row.exploited_from else 0.0, ts, step))
         tags = []
-        if donor:
-            tags.append(RunTag(f"exploit.{step}", json.dumps({"donor": donor, "config": {k: result.get(k) for k in HPARAMS}})))
+        if row.exploited_from:
+            tags.append(RunTag(f"exploit.{step}", json.dumps({"donor": row.exploited_from, "config": row.hparams.as_dict()})))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     @spooled
@@ -332,10 +320,10 @@ class Tracker:
             return
         if error:
             self.client.set_tag(run_id, "error", error[-5000:])
-        self.client.set_terminated(run_id, status="FINISHED" if status == "TERMINATED" else "FAILED")
+        self.client.set_terminated(run_id, status="FINISHED" if status == Status.TERMINATED else "FAILED")
 
 
-class NoTracker:
+class NoTracker(Sink):
     """``--no-mlflow``: the same interface, nothing written (the run folder keeps every record)."""
 
     parent_id = ""
@@ -350,15 +338,6 @@ class NoTracker:
         return None
 
     def stopped(self, reason: str) -> None:
-        return None
-
-    def trial_started(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
-        return None
-
-    def trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        return None
-
-    def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
         return None
 
 
@@ -443,3 +422,13 @@ def ui_urls(results_dir: str | Path, port: int, host: str = "127.0.0.1") -> list
             out.append((f"{exp.name}: the strategies side by side ({runs[0].info.run_name})",
                         f"{base}/compare-runs?{query}"))
     return out
+
+
+def ui_lines(results_dir: str | Path, port: int) -> list[str]:
+    """What ``make mlflow-ui`` and ``make compare`` print: where to look in the UI."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return [f"MLflow: {redact(tracking_uri(results_dir))} (open its UI to see the runs)"]
+    lines = [f"In the MLflow UI (make mlflow-ui, port {port}):"]
+    for what, url in ui_urls(results_dir, port):
+        lines.append(f"  {what}:\n    {url}")
+    return lines

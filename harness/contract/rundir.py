@@ -1,0 +1,136 @@
+"""A run folder: the one place its layout is spelled.
+
+::
+
+    <results>/<run>/
+      config.json            the resolved configuration (what --resume runs again)
+      events.jsonl           the append-only event log (harness.contract.events)
+      run_record.json        derived from it: every trial's history
+      mlflow_spool.jsonl     MLflow calls the tracking server did not take yet
+      manual_checkpoints/    the manual grid: the newest checkpoint of the combination in flight
+      tables/                the seed's tables, markdown and CSV
+      harness.log, logs/ray/ the run's full log, the trial processes' output
+      strategy_artifacts/    what the strategy's registry entry names (PBT's policy logs)
+      ray/                   Ray Tune's experiment folder (checkpoints, its saved state)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.contract import events
+from harness.contract.errors import InputError
+from harness.contract.record import RunRecord
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path).resolve())
+
+    # -- the layout -------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def events_file(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def record_file(self) -> Path:
+        return self.path / "run_record.json"
+
+    @property
+    def spool_file(self) -> Path:
+        return self.path / "mlflow_spool.jsonl"
+
+    @property
+    def manual_checkpoints(self) -> Path:
+        return self.path / "manual_checkpoints"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.path / "tables"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "harness.log"
+
+    @property
+    def ray_logs(self) -> Path:
+        return self.path / "logs" / "ray"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.path / "strategy_artifacts"
+
+    @property
+    def experiment_dir(self) -> Path:
+        """Ray Tune's experiment folder (``RunConfig(storage_path=<run>, name="ray")``)."""
+        return self.path / self.experiment_name
+
+    experiment_name = "ray"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- making and finding one ---------------------------------------------------------------
+
+    @classmethod
+    def create(cls, results_dir: str | Path, name: str) -> RunDir:
+        """A new, empty run folder ``<results_dir>/<name>`` (``-2``, ``-3``... when taken: two
+        runs' files never mix)."""
+        base = Path(results_dir) / name
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @classmethod
+    def existing(cls, path: str | Path, *, what: str) -> RunDir:
+        """The run folder at ``path``; :class:`InputError` (naming ``what`` the user gave) when it
+        is not one."""
+        run_dir = cls(Path(path))
+        if not run_dir.events_file.is_file() or not run_dir.config_file.is_file():
+            raise InputError(f"{what} {str(path)!r} is not a run folder of this harness (no {run_dir.events_file.name} "
+                             f"and {run_dir.config_file.name}); give a folder under results/")
+        return run_dir
+
+    @classmethod
+    def with_record(cls, path: str | Path) -> RunDir:
+        """A finished run's folder (``run_record.json``), for the tables and the comparison."""
+        run_dir = cls(Path(path))
+        if not run_dir.record_file.is_file():
+            raise InputError(f"{str(path)!r} holds no {run_dir.record_file.name}; give a run folder under results/")
+        return run_dir
+
+    # -- what it holds ------------------------------------------------------------------------
+
+    def write_config(self, text: str) -> None:
+        self.config_file.write_text(text)
+
+    def config_data(self) -> dict[str, Any]:
+        return json.loads(self.config_file.read_text())
+
+    def event_log(self) -> events.EventLog:
+        return events.EventLog(self.events_file)
+
+    def replay(self) -> RunRecord:
+        """The record the event log describes so far (one read of the log)."""
+        return events.replay(self.events_file)
+
+    def save_record(self, record: RunRecord) -> Path:
+        return record.save(self.record_file)
+
+    def record(self) -> RunRecord:
+        """The record saved at the end of the run."""
+        return RunRecord.load(self.record_file)

@@ -1,0 +1,144 @@
+"""The comparison's plots (PNG): each trial's busy time, eval_loss per iteration, a population's
+lineage, and the anytime curves across seeds. Matplotlib draws off-screen (Agg)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness.contract.record import RunRecord, Status  # noqa: E402
+from harness.reporting.analysis import (  # noqa: E402
+    anytime,
+    early_stopping,
+    planned_iterations,
+    trial_intervals,
+)
+
+_STATUS_COLOURS = {"TERMINATED": "tab:green", "ERROR": "tab:red", "RUNNING": "tab:orange", "PENDING": "tab:gray"}
+
+
+def gantt(records: dict[str, RunRecord], path: Path) -> Path:
+    """One bar per busy interval of each trial, coloured by the trial's final status; exploits marked."""
+
+    fig, axes = plt.subplots(len(records), 1, figsize=(11, 1.2 + 0.35 * sum(len(r.trials) for r in records.values())),
+                             squeeze=False)
+    for ax, (name, rec) in zip(axes[:, 0], records.items()):
+        trials = sorted(rec.trials, key=lambda t: t.started_at or 0)
+        planned = planned_iterations(rec)
+        for y, t in enumerate(trials):
+            colour = _STATUS_COLOURS.get(t.status, "tab:gray")
+            if t.status == Status.TERMINATED and t.iterations < planned:
+                colour = "tab:olive"  # stopped early by the scheduler
+            spans = [(s - rec.started_at, e - s) for s, e in trial_intervals(t, rec.started_at, rec.finished_at)]
+            ax.broken_barh(spans, (y - 0.35, 0.7), color=colour)
+            for row in t.history:
+                if row.exploited_from and row.received_at is not None:
+                    start = row.received_at - row.seconds - rec.started_at
+                    ax.plot(start, y, marker="v", color="black", markersize=6)
+        ax.set_yticks(range(len(trials)), [t.label for t in trials], fontsize=7)
+        stopped, _, _ = early_stopping(rec)
+        ax.set_title(f"{name}: wall {rec.wall_s:.0f} s, {len(trials)} trials"
+                     + (f", {stopped} stopped early" if stopped else "")
+                     + (f", {len(rec.exploits())} exploits (▼)" if rec.exploits() else ""), fontsize=9, loc="left")
+        ax.set_xlim(0, max(rec.wall_s, 1))
+    axes[-1, 0].set_xlabel("seconds since job start (green: all iterations, olive: stopped early, red: error)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def losses(records: dict[str, RunRecord], path: Path) -> Path:
+    """eval_loss over iterations, one line per trial, one panel per strategy."""
+
+    fig, axes = plt.subplots(1, len(records), figsize=(4 * len(records), 3.4), squeeze=False, sharey=True)
+    for ax, (name, rec) in zip(axes[0], records.items()):
+        for t in rec.trials:
+            xs = [row.iteration for row in t.history if row.eval_loss is not None]
+            ys = [row.eval_loss for row in t.history if row.eval_loss is not None]
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("iteration")
+    axes[0, 0].set_ylabel("eval_loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def lineage(record: RunRecord, path: Path) -> Path:
+    """Lineage of a population-based run: a row per trial over iterations; an arrow from donor to receiver at each exploit,
+    labelled with the receiver's new lr / batch size / weight decay."""
+
+    trials = sorted(record.trials, key=lambda t: t.trial_id)
+    rows = {t.trial_id: y for y, t in enumerate(trials)}
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.7 * len(trials)))
+    for t in trials:
+        its = [row.iteration for row in t.history]
+        ax.plot(its, [rows[t.trial_id]] * len(its), marker="o", color="tab:blue", linewidth=1)
+        for row in t.history:
+            if row.eval_loss is not None:
+                ax.annotate(f"{row.eval_loss:.2f}", (row.iteration, rows[t.trial_id]), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=6)
+    for e in record.exploits():
+        if e["donor"] not in rows:
+            continue
+        x = e["from_iteration"]
+        ax.annotate("", xy=(x + 0.5, rows[e["trial"]]), xytext=(x, rows[e["donor"]]),
+                    arrowprops=dict(arrowstyle="->", color="tab:red"))
+        c = e["config"]
+        ax.annotate(f"lr {c['lr']:.2e}, bs {c['per_device_train_batch_size']}, wd {c['weight_decay']:g}",
+                    (x + 0.5, rows[e["trial"]]), textcoords="offset points", xytext=(4, -10), fontsize=6,
+                    color="tab:red")
+    ax.set_yticks(range(len(trials)), [t.label for t in trials], fontsize=7)
+    ax.set_xticks(range(0, int(record.config.get("train", {}).get("iterations", 1)) + 1))
+    ax.set_xlabel("iteration (red arrow: the receiver restarts from the donor's checkpoint with mutated values)")
+    ax.set_title(f"{record.strategy} lineage: {len(record.exploits())} exploits", fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def anytime_curves(aggregates: list[Any], records: dict[tuple[str, int], RunRecord], path: Path) -> Path:
+    """Best eval_loss so far against wall time and against cumulative trial-seconds, per strategy:
+    the median across seeds, with a band from the best to the worst seed."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for colour, a in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, aggregates):
+        curves = [anytime(records[(a.strategy, s.seed)]) for s in a.runs]
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        for ax, column, label in ((axes[0], 0, "seconds since the job started"),
+                                  (axes[1], 1, "cumulative trial-seconds")):
+            end = max(c[-1][column] for c in curves)
+            xs = np.linspace(0, end, 200)
+            ys = []
+            for c in curves:
+                x = np.array([p[column] for p in c])
+                y = np.array([p[2] for p in c])
+                idx = np.searchsorted(x, xs, side="right") - 1
+                ys.append(np.where(idx >= 0, y[np.clip(idx, 0, None)], np.nan))
+            ys_arr = np.array(ys)
+            with np.errstate(all="ignore"):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns before a first result
+                    median = np.nanmedian(ys_arr, axis=0)
+                    low, high = np.nanmin(ys_arr, axis=0), np.nanmax(ys_arr, axis=0)
+            ax.step(xs, median, where="post", color=colour, label=f"{a.strategy} (n={len(curves)})")
+            ax.fill_between(xs, low, high, step="post", color=colour, alpha=0.15)
+            ax.set_xlabel(label)
+    axes[0].set_ylabel("best eval_loss so far")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Anytime performance: median across seeds, band from best to worst seed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
