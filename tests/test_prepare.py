@@ -17,7 +17,7 @@ import pytest
 from harness.trial import data
 from harness.config import ModelConfig
 from harness.trial.model import build_tiny_bloom
-from harness.trial.prepare import slug
+from harness.trial.cache import slug
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--set", "model.max_length=512", "--set", "data.train_samples=16", "--set", "data.eval_samples=8"]
@@ -86,7 +86,8 @@ def test_an_incomplete_cache_names_what_is_missing_and_the_command_that_fills_it
 
 def test_a_hub_dataset_is_saved_as_records_and_read_back_without_the_hub(tmp_path, tiny_tokenizer):
     """``hub:<folder>`` goes through ``datasets.load_dataset``, as ``hub:rajpurkar/squad`` does."""
-    from harness.trial.prepare import dataset_slot, fetch_dataset
+    from harness.trial.cache import dataset_slot
+    from harness.trial.prepare import fetch_dataset
 
     folder = tmp_path / "squad_hub"
     folder.mkdir()
@@ -102,13 +103,47 @@ def test_a_hub_dataset_is_saved_as_records_and_read_back_without_the_hub(tmp_pat
     assert len(list(splits["train"])) == 12 and len(list(splits["validation"])) == 4
 
 
-def test_the_exact_make_prepare_command_is_a_working_make_invocation(tmp_path):
-    from harness.trial.prepare import prepare_command
+def test_the_exact_make_prepare_command_is_a_working_make_invocation(tmp_path, monkeypatch):
+    """Only what decides the cache's contents travels: the seed and model/data settings that differ
+    from the preset (a budget or a search-space override does not)."""
+    from harness.config import resolve
+    from harness.trial.cache import prepare_command
 
-    cmd = prepare_command("seed", tmp_path / "my cache", ["--set=data.train_samples=10"])
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "my cache"))
+    cfg = resolve("seed", env={"LR_LOWER": "1e-5"}, overrides={"data.train_samples": "10", "budget.trial_iterations": "40"})
+    cmd = prepare_command(cfg)
     assert cmd == f"make prepare PRESET=seed CACHE_DIR='{tmp_path}/my cache' HARNESS_ARGS=--set=data.train_samples=10"
     dry = subprocess.run(["bash", "-c", cmd.replace("make prepare", "make -n prepare", 1)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert f'HARNESS_CACHE="{tmp_path}/my cache"' in dry.stdout
     assert re.search(r"-m harness prepare --preset seed +--set=data.train_samples=10 ", dry.stdout)
+
+
+def test_bench_cpu_without_its_cache_names_the_make_prepare_line_and_starts_nothing(tmp_path):
+    """The cpu preset reads hub:rajpurkar/squad_v2 through the cache only; a clone without it is told
+    what to run, before any run folder, Ray or MLflow exists."""
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    done = subprocess.run(["make", "-s", "bench-cpu", f"PY={sys.executable}", "STAMP=", f"RESULTS_DIR={results}",
+                           f"CACHE_DIR={cache}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode != 0
+    first = done.stderr.strip().splitlines()[0]  # make adds its own "*** Error 2" lines after it
+    assert first == (f"error: the prepared cache {cache} has no dataset 'hub:rajpurkar/squad_v2', and runs read the "
+                     f"hub only through it; fill it where there is network: make prepare PRESET=cpu CACHE_DIR={cache}")
+    assert not results.exists() and not cache.exists()
+
+
+def test_the_cpu_preset_prepares_offline_from_a_local_squad_v2_file(squad_sample, tmp_path):
+    """What a user without the hub does: point the preset at a SQuAD 2.0 file; make prepare caches
+    it, and the run's pre-flight and --check find everything."""
+    cache = tmp_path / "cache"
+    sets = ["--set", f"data.source={squad_sample}"]
+    done = subprocess.run([sys.executable, "-m", "harness", "prepare", "--preset", "cpu", *sets], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "HARNESS_CACHE": str(cache)}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    sizes = dict(re.findall(r"^\s+(model|dataset|tokenized)\s+(\S+) \([\d.,]+ MiB\)$", done.stdout, re.M))
+    assert set(sizes) == {"model", "dataset", "tokenized"}
+    check = subprocess.run([sys.executable, "-m", "harness", "prepare", "--check", "--preset", "cpu", *sets],
+                           capture_output=True, text=True, timeout=300, env={**os.environ, "HARNESS_CACHE": str(cache)},
+                           cwd=ROOT)
+    assert check.returncode == 0 and "cache complete for preset cpu" in check.stdout, check.stderr[-2000:]

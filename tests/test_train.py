@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.contract.iteration import IterationReport
 from harness.trial.data import prepare
-from harness.trial.segment import (META_FILE, MODEL_DIR, Segment, TrialError, deepspeed_config, run_distributed, run_segment,
-                           run_trial_segment)
+from harness.contract.iteration import HParams
+from harness.trial.deepspeed import zero_config as deepspeed_config
+from harness.trial.ranks import run_distributed, run_trial_segment
+from harness.trial.segment import META_FILE, MODEL_DIR, Segment, TrialError, run_segment
 
 
 @pytest.fixture(scope="module")
@@ -23,19 +26,19 @@ def data_path(smoke_cfg, tiny_tokenizer, cache_dir) -> str:
 class Collector:
     def __init__(self, keep: Path):
         self.keep = keep
-        self.reports: list[dict] = []
+        self.reports: list[IterationReport] = []
 
-    def __call__(self, metrics: dict, ckpt_dir: str) -> None:
-        assert json.loads((Path(ckpt_dir) / META_FILE).read_text())["iteration"] == metrics["iteration"]
-        shutil.copytree(ckpt_dir, self.keep / f"iter{metrics['iteration']}")
-        self.reports.append(metrics)
+    def __call__(self, report: IterationReport, ckpt_dir: str) -> None:
+        assert json.loads((Path(ckpt_dir) / META_FILE).read_text())["iteration"] == report.iteration
+        shutil.copytree(ckpt_dir, self.keep / f"iter{report.iteration}")
+        self.reports.append(report)
 
 
 def _segment(smoke_cfg, tiny_model_path, data_path, tmp_path, **kw) -> Segment:
-    hparams = kw.pop("hparams", {"lr": 2e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
+    hparams = HParams(**kw.pop("hparams", {"lr": 2e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0}))
     workdir = tmp_path / "work"
     workdir.mkdir(exist_ok=True)
-    return Segment(experiment=smoke_cfg.to_dict(), hparams=hparams, model_path=tiny_model_path,
+    return Segment(cfg=smoke_cfg, hparams=hparams, model_path=tiny_model_path,
                    data_path=data_path, trial_id="t0", workdir=str(workdir), **kw)
 
 
@@ -46,8 +49,8 @@ def test_eval_loss_falls_with_a_good_lr_and_barely_moves_with_a_bad_one(smoke_cf
         seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path,
                        hparams={"lr": lr, "per_device_train_batch_size": 2, "weight_decay": 0.0})
         run_segment(seg, got)
-        assert [r["iteration"] for r in got.reports] == [1, 2, 3]
-        losses[lr] = [r["eval_loss"] for r in got.reports]
+        assert [r.iteration for r in got.reports] == [1, 2, 3]
+        losses[lr] = [r.eval_loss for r in got.reports]
     good, bad = losses[smoke_cfg.search.lr_upper], losses[smoke_cfg.search.lr_lower]
     assert good[0] - good[-1] > 1.0, good  # falls visibly, iteration after iteration
     assert abs(bad[0] - bad[-1]) < 0.1, bad  # barely moves
@@ -61,33 +64,32 @@ def test_restore_trains_with_the_new_hyperparameters_for_exactly_the_remaining_i
     donor = Collector(tmp_path / "donor")
     seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path,
                    hparams={"lr": 1.9e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0})
-    run_segment(dataclasses.replace(seg, experiment={**seg.experiment, "train": {**seg.experiment["train"], "iterations": 1}}),
-                donor)
+    run_segment(dataclasses.replace(seg, cfg=seg.cfg.updated({"train.iterations": 1})), donor)
     ckpt = tmp_path / "donor" / "iter1"
     assert (ckpt / MODEL_DIR / "config.json").is_file()
 
     clone = Collector(tmp_path / "clone")
-    new = {"lr": 7.6e-6, "per_device_train_batch_size": 1, "weight_decay": 0.01}
+    new = HParams(lr=7.6e-6, per_device_train_batch_size=1, weight_decay=0.01)
     run_segment(dataclasses.replace(seg, hparams=new, trial_id="t1", start_iteration=1, exploited_from="t0",
                                     init_weights=str(ckpt / MODEL_DIR), epochs_before=1.0), clone)
-    assert [r["iteration"] for r in clone.reports] == [2, 3]  # exactly the remaining ones
+    assert [r.iteration for r in clone.reports] == [2, 3]  # exactly the remaining ones
     for r in clone.reports:
-        assert r["optimizer_lr"] == pytest.approx(7.6e-6, rel=1e-9)
-        assert r["optimizer_weight_decay"] == 0.01 and r["per_device_train_batch_size"] == 1
-    assert [r["epoch"] for r in clone.reports] == [2.0, 3.0]  # batch-size change keeps epoch accounting
-    assert [r["exploited_from"] for r in clone.reports] == ["t0", ""]
+        assert r.optimizer_lr == pytest.approx(7.6e-6, rel=1e-9)
+        assert r.optimizer_weight_decay == 0.01 and r.per_device_train_batch_size == 1
+    assert [r.epoch for r in clone.reports] == [2.0, 3.0]  # batch-size change keeps epoch accounting
+    assert [r.exploited_from for r in clone.reports] == ["t0", ""]
     # the clone started from the donor's weights, not from scratch
-    assert clone.reports[0]["eval_loss"] < donor.reports[0]["eval_loss"] + 0.05
+    assert clone.reports[0].eval_loss < donor.reports[0].eval_loss + 0.05
 
 
 def test_two_gloo_ranks_train_one_trial(smoke_cfg, tiny_model_path, data_path, tmp_path):
     got = Collector(tmp_path / "dist")
     seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path)
-    seg = dataclasses.replace(seg, experiment={**seg.experiment, "train": {**seg.experiment["train"], "iterations": 2}})
+    seg = dataclasses.replace(seg, cfg=seg.cfg.updated({"train.iterations": 2}))
     run_distributed(seg, 2, got)
-    assert [r["iteration"] for r in got.reports] == [1, 2]
-    assert all(r["world_size"] == 2 and r["effective_batch_size"] == 4 for r in got.reports)
-    assert got.reports[-1]["eval_loss"] < got.reports[0]["eval_loss"]
+    assert [r.iteration for r in got.reports] == [1, 2]
+    assert all(r.world_size == 2 and r.effective_batch_size == 4 for r in got.reports)
+    assert got.reports[-1].eval_loss < got.reports[0].eval_loss
 
 
 def test_a_failing_rank_fails_the_trial_with_its_exit_code(smoke_cfg, tiny_model_path, tmp_path):
@@ -111,13 +113,12 @@ def test_deepspeed_zero_trains_on_the_cpu_accelerator(stage, smoke_cfg, tiny_mod
     """The seed preset's DeepSpeed path, at smoke scale on DeepSpeed's CPU accelerator over gloo."""
     got = Collector(tmp_path / "ds")
     seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path, cache_dir=str(tmp_path / "cache"))
-    exp = {**seg.experiment, "train": {**seg.experiment["train"], "iterations": 2, "deepspeed": True,
-                                       "deepspeed_stage": stage}}
-    run_trial_segment(dataclasses.replace(seg, experiment=exp), got)
-    assert [r["iteration"] for r in got.reports] == [1, 2]
-    assert all(r["deepspeed"] for r in got.reports)
-    assert got.reports[-1]["eval_loss"] < got.reports[0]["eval_loss"]
-    assert got.reports[0]["optimizer_lr"] == pytest.approx(2e-4)
+    cfg = seg.cfg.updated({"train.iterations": 2, "train.deepspeed": True, "train.deepspeed_stage": stage})
+    run_trial_segment(dataclasses.replace(seg, cfg=cfg), got)
+    assert [r.iteration for r in got.reports] == [1, 2]
+    assert all(r.deepspeed for r in got.reports)
+    assert got.reports[-1].eval_loss < got.reports[0].eval_loss
+    assert got.reports[0].optimizer_lr == pytest.approx(2e-4)
     # the checkpoint holds full weights that load without DeepSpeed (ZeRO-3 gathers them on save)
     from harness.trial.model import load_model
 

@@ -26,12 +26,12 @@ from typing import Any
 import torch
 
 from harness.config import ConfigError, DataConfig, hub_dataset_problem
+from harness.trial.cache import SPLITS, dataset_complete, dataset_slot
 
 log = logging.getLogger(__name__)
 
 PREPROCESS_VERSION = 1
 UNANSWERABLE_TARGET = "unanswerable"
-SPLITS = ("train", "validation")
 
 
 class DataError(ConfigError):
@@ -198,8 +198,6 @@ def load_squad(source: str, *, seed: int = 0, eval_fraction: float = 0.1,
 def _saved_raw(source: str, cache_dir: str | Path | None) -> Path | None:
     if cache_dir is None or (not source.startswith("hub:") and Path(source).is_file()):
         return None
-    from harness.trial.prepare import dataset_complete, dataset_slot
-
     folder = dataset_slot(Path(cache_dir), source)
     return folder if dataset_complete(folder) else None
 

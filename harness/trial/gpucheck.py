@@ -20,6 +20,7 @@ the same on CPU at tiny shapes (the tests do).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,10 +29,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from harness.config import resolve
-from harness.trial.segment import MODEL_DIR, Segment, phase_key, run_segment, run_trial_segment
+from harness.config import ExperimentConfig, resolve
+from harness.contract.iteration import HParams, IterationReport
+from harness.trial.model import load_tokenizer, train_tiny_tokenizer
+from harness.trial.ranks import run_trial_segment
+from harness.trial.segment import MODEL_DIR, Segment, run_segment
 
 #: bigscience/bloom-560m's architecture (its config.json), for random init.
 BLOOM_560M = {"hidden_size": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 250880}
@@ -59,8 +62,6 @@ def build_model(shape: Shape, out: Path, seed: int = 0) -> Path:
     """A BLOOM of ``shape`` with random weights and a locally trained tokenizer, as a model folder."""
     import torch
     from transformers import BloomConfig, BloomForCausalLM
-
-    from harness.trial.model import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(2000, seed)
     config = BloomConfig(hidden_size=shape.hidden_size, n_layer=shape.n_layer, n_head=shape.n_head,
@@ -94,7 +95,7 @@ def build_data(shape: Shape, out: Path, pad_id: int, seed: int = 0) -> Path:
     return out
 
 
-def experiment(shape: Shape, *, gpu: bool, deepspeed: bool) -> dict[str, Any]:
+def experiment(shape: Shape, *, gpu: bool, deepspeed: bool) -> ExperimentConfig:
     """The seed preset, at the check's size, on one worker."""
     overrides = {
         "train.iterations": str(shape.iterations), "train.fp16": str(gpu).lower(),
@@ -105,7 +106,7 @@ def experiment(shape: Shape, *, gpu: bool, deepspeed: bool) -> dict[str, Any]:
         "resources.workers_per_trial": "1", "resources.gpus_per_worker": "1" if gpu else "0",
         "resources.cpus_per_worker": str(max(1, (os.cpu_count() or 2) // 2)),
     }
-    return resolve("seed", overrides=overrides).to_dict()
+    return resolve("seed", overrides=overrides)
 
 
 class Keep:
@@ -114,9 +115,9 @@ class Keep:
     def __init__(self, folder: Path):
         self.folder, self.reports = folder, []
 
-    def __call__(self, metrics: dict[str, Any], ckpt_dir: str) -> None:
-        shutil.copytree(ckpt_dir, self.folder / f"iter{metrics['iteration']}")
-        self.reports.append(metrics)
+    def __call__(self, report: IterationReport, ckpt_dir: str) -> None:
+        shutil.copytree(ckpt_dir, self.folder / f"iter{report.iteration}")
+        self.reports.append(report)
 
 
 @dataclass
@@ -133,14 +134,14 @@ class Figures:
     wall_s: float
 
 
-def _figures(name: str, shape: Shape, reports: list[dict[str, Any]], wall: float, restore: float = 0.0) -> Figures:
-    train_s = sum(r[phase_key("train")] for r in reports)
+def _figures(name: str, shape: Shape, reports: list[IterationReport], wall: float, restore: float = 0.0) -> Figures:
+    train_s = sum(r.phases["train"] for r in reports)
     samples = shape.train_samples * len(reports)
     return Figures(
         run=name, iterations=len(reports), samples_per_s=samples / train_s, tokens_per_s=samples * shape.length / train_s,
-        peak_gpu_memory_mib=max(r.get("peak_gpu_memory_mib", 0.0) for r in reports),
-        checkpoint_save_s=sum(r[phase_key("checkpoint")] for r in reports) / len(reports),
-        checkpoint_restore_s=restore, eval_loss=reports[-1]["eval_loss"], optimizer_lr=reports[-1]["optimizer_lr"],
+        peak_gpu_memory_mib=max(r.peak_gpu_memory_mib or 0.0 for r in reports),
+        checkpoint_save_s=sum(r.phases["checkpoint"] for r in reports) / len(reports),
+        checkpoint_restore_s=restore, eval_loss=reports[-1].eval_loss, optimizer_lr=reports[-1].optimizer_lr,
         wall_s=wall,
     )
 
@@ -151,29 +152,27 @@ def check(shape: Shape, work: Path) -> tuple[list[Figures], list[str]]:
 
     gpu = torch.cuda.is_available()
     model = build_model(shape, work / "model")
-    from harness.trial.model import load_tokenizer
-
     data = build_data(shape, work / "data.pt", load_tokenizer(str(model)).pad_token_id)
-    hparams = {"lr": LR, "per_device_train_batch_size": shape.batch_size, "weight_decay": 0.0}
+    hparams = HParams(lr=LR, per_device_train_batch_size=shape.batch_size, weight_decay=0.0)
     figures, problems, kept = [], [], {}
     for name, deepspeed in (("fp16" if gpu else "fp32", False), ("deepspeed-zero2", True)):
         keep = Keep(work / f"keep-{name}")
         keep.folder.mkdir()
         (work / f"work-{name}").mkdir()
-        seg = Segment(experiment=experiment(shape, gpu=gpu, deepspeed=deepspeed), hparams=hparams,
+        seg = Segment(cfg=experiment(shape, gpu=gpu, deepspeed=deepspeed), hparams=hparams,
                       model_path=str(model), data_path=str(data), trial_id=name, workdir=str(work / f"work-{name}"),
                       cache_dir=str(work / "extensions"))
         started = time.time()
         run_trial_segment(seg, keep)
         figures.append(_figures(name, shape, keep.reports, time.time() - started))
         kept[name] = keep
-        if deepspeed and not all(r["deepspeed"] for r in keep.reports):
+        if deepspeed and not all(r.deepspeed for r in keep.reports):
             problems.append(f"{name}: the Trainer did not run under DeepSpeed")
     donor = next(iter(kept))
     keep = Keep(work / "keep-exploit")
     keep.folder.mkdir()
     (work / "work-exploit").mkdir()
-    seg = Segment(experiment=experiment(shape, gpu=gpu, deepspeed=False), hparams={**hparams, "lr": EXPLOIT_LR},
+    seg = Segment(cfg=experiment(shape, gpu=gpu, deepspeed=False), hparams=dataclasses.replace(hparams, lr=EXPLOIT_LR),
                   model_path=str(model), data_path=str(data), trial_id="exploit", workdir=str(work / "work-exploit"),
                   start_iteration=1, init_weights=str(kept[donor].folder / "iter1" / MODEL_DIR),
                   exploited_from=donor, epochs_before=1.0)
@@ -181,11 +180,11 @@ def check(shape: Shape, work: Path) -> tuple[list[Figures], list[str]]:
     run_segment(seg, keep)
     (report,) = keep.reports
     figures.append(_figures(f"exploit from {donor} (lr {LR:g} -> {EXPLOIT_LR:g})", shape, keep.reports,
-                            time.time() - started, restore=report[phase_key("model_load")]))
-    if abs(report["optimizer_lr"] - EXPLOIT_LR) > 1e-12:
-        problems.append(f"after the exploit the optimizer's lr is {report['optimizer_lr']:g}, not {EXPLOIT_LR:g}")
-    if report["iteration"] != 2 or report["exploited_from"] != donor:
-        problems.append(f"the exploit trained iteration {report['iteration']} from {report['exploited_from']!r}")
+                            time.time() - started, restore=report.phases["model_load"]))
+    if abs(report.optimizer_lr - EXPLOIT_LR) > 1e-12:
+        problems.append(f"after the exploit the optimizer's lr is {report.optimizer_lr:g}, not {EXPLOIT_LR:g}")
+    if report.iteration != 2 or report.exploited_from != donor:
+        problems.append(f"the exploit trained iteration {report.iteration} from {report.exploited_from!r}")
     return figures, problems
 
 

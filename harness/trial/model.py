@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, ModelConfig
+from harness.trial.cache import TINY_BLOOM, model_complete, model_slot
+from harness.trial.data import format_prompt, synthetic_squad
 
 log = logging.getLogger(__name__)
 
-TINY_BLOOM = "tiny-bloom"
 TINY_VERSION = 1
 PAD, EOS, BOS, UNK = "<pad>", "</s>", "<s>", "<unk>"
 
@@ -39,8 +40,6 @@ def hub_offline() -> bool:
 
 
 def _tiny_corpus(seed: int, n: int = 4000) -> list[str]:
-    from harness.trial.data import format_prompt, synthetic_squad
-
     stream = synthetic_squad(seed, "tokenizer")
     texts = []
     for _ in range(n):
@@ -121,8 +120,6 @@ def resolve_model_path(cfg: ModelConfig, *, seed: int, cache_dir: str | Path, bu
     """What ``from_pretrained`` should load: the cached tiny-bloom folder (built here unless
     ``build`` is False), the folder ``make prepare`` saved for ``cfg.name``, or ``cfg.name`` itself."""
     if cfg.name != TINY_BLOOM:
-        from harness.trial.prepare import model_complete, model_slot
-
         prepared = model_slot(Path(cache_dir), cfg.name)
         return str(prepared) if model_complete(prepared) else cfg.name
     target = Path(cache_dir) / "models" / f"tiny-bloom-{tiny_fingerprint(cfg, seed)}"

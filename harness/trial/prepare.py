@@ -21,47 +21,38 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shlex
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
+from harness.cluster.devices import cuda_devices
 from harness.config import ConfigError, ExperimentConfig
+from harness.trial.cache import (
+    dataset_complete,
+    dataset_slot,
+    model_complete,
+    model_slot,
+    prepare_command,
+    root,
+    slug,
+)
+from harness.trial.data import SPLITS, cached_tokenized, load_hub, read_squad_json
+from harness.trial.data import prepare as tokenize_into
+from harness.trial.model import (
+    TINY_BLOOM,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("*.safetensors", "*.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
 class CacheIncomplete(ConfigError):
     """The cache lacks something a run reads; the message names it and the command that fills it."""
-
-
-def slug(name: str) -> str:
-    """A folder name for a hub id, a local path or a file: readable, and unique by a short hash."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "--", name.strip("/"))[-60:].strip("-.") or "x"
-    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def model_slot(cache: Path, name: str) -> Path:
-    return Path(cache) / "models" / slug(name)
-
-
-def dataset_slot(cache: Path, source: str) -> Path:
-    return Path(cache) / "datasets" / slug(source)
-
-
-def model_complete(folder: Path) -> bool:
-    return ((folder / "config.json").is_file() and any(folder.glob(p) for p in WEIGHT_FILES)
-            and any((folder / f).is_file() for f in TOKENIZER_FILES))
-
-
-def dataset_complete(folder: Path) -> bool:
-    return (folder / "squad.json").is_file() or all((folder / f"{s}.jsonl").is_file() for s in ("train", "validation"))
 
 
 def _publish(tmp: Path, target: Path) -> None:
@@ -78,15 +69,13 @@ def fetch_model(name: str, cache: Path) -> Path:
 
     ``from_pretrained`` downloads into a scratch folder inside the cache; ``save_pretrained``
     writes the ordinary model folder every trial then loads, with no hub and no HF cache."""
-    from harness.trial.model import load_model, load_tokenizer
-
     target = model_slot(cache, name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as scratch:
         tokenizer = load_tokenizer(name, cache_dir=scratch)
-        model = load_model(name, cache_dir=scratch, dtype="auto")
+        weights = load_model(name, cache_dir=scratch, dtype="auto")
         tmp = Path(scratch) / "out"
-        model.save_pretrained(tmp)
+        weights.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _publish(tmp, target)
     return target
@@ -95,8 +84,6 @@ def fetch_model(name: str, cache: Path) -> Path:
 def fetch_dataset(source: str, cache: Path) -> Path | None:
     """The raw records of ``source`` into ``datasets/<slug>``: every split of a hub dataset as
     JSONL, a SQuAD JSON file as a copy. ``synthetic`` needs nothing (None)."""
-    from harness.trial.data import SPLITS, load_hub
-
     if source == "synthetic":
         return None
     target = dataset_slot(cache, source)
@@ -110,8 +97,6 @@ def fetch_dataset(source: str, cache: Path) -> Path | None:
                     for record in load_hub(source.removeprefix("hub:"), split, cache_dir=str(Path(scratch) / "hf")):
                         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            from harness.trial.data import read_squad_json
-
             read_squad_json(source)  # refuses a file that is not SQuAD before it is cached
             shutil.copyfile(source, tmp / "squad.json")
         (tmp / "SOURCE").write_text(source + "\n")
@@ -127,10 +112,10 @@ def fingerprint(paths: Sequence[Path]) -> str:
     """sha256 over every file's relative name and content, in a fixed order: two caches with the
     same fingerprint give runs the same bytes."""
     digest = hashlib.sha256()
-    for root in paths:
-        files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    for top in paths:
+        files = sorted(f for f in top.rglob("*") if f.is_file()) if top.is_dir() else [top]
         for f in files:
-            digest.update(f"{f.relative_to(root) if root.is_dir() else f.name}\0".encode())
+            digest.update(f"{f.relative_to(top) if top.is_dir() else f.name}\0".encode())
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
@@ -139,6 +124,7 @@ def fingerprint(paths: Sequence[Path]) -> str:
 
 @dataclass
 class Prepared:
+    cache: Path
     model: Path
     dataset: Path | None
     tokenized: Path
@@ -156,15 +142,6 @@ class Prepared:
         return out
 
 
-def prepare_command(preset: str, cache: Path, args: Sequence[str] = ()) -> str:
-    """The exact ``make prepare`` that fills ``cache`` for this preset and these overrides
-    (``args``: the ``--seed``/``--set`` flags of the run, which change what is cached)."""
-    cmd = f"make prepare PRESET={shlex.quote(preset)} CACHE_DIR={shlex.quote(str(cache))}"
-    if args:
-        cmd += " HARNESS_ARGS=" + shlex.quote(shlex.join(args))
-    return cmd
-
-
 def _offline_env() -> dict[str, str | None]:
     """Switch the hub off in this process (for the verification) and return what to restore."""
     keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -173,11 +150,13 @@ def _offline_env() -> dict[str, str | None]:
     return saved
 
 
-def verify(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
-    """Load everything a run reads from ``cache`` alone, with the hub off; CacheIncomplete names
-    the first missing piece and ``fix``."""
-    from harness.trial.data import cached_tokenized
-    from harness.trial.model import TINY_BLOOM, load_model, load_tokenizer, resolve_model_path
+def verify(cfg: ExperimentConfig) -> Prepared:
+    """Load everything a run reads from the cache alone, with the hub off; CacheIncomplete names
+    the first missing piece and the ``make prepare`` that fills it."""
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar in the SLURM head job's log
+    cache = root(cfg.results_dir)
+    fix = prepare_command(cfg)
+    cuda_devices()
 
     def missing(what: str) -> CacheIncomplete:
         return CacheIncomplete(f"the cache {cache} has no {what}; fill it where there is network: {fix}")
@@ -210,18 +189,14 @@ def verify(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
             else:
                 os.environ[k] = v
     parts = [model, tokenized] + ([dataset] if dataset else [])
-    return Prepared(model=model, dataset=dataset, tokenized=tokenized, fingerprint=fingerprint(parts))
+    return Prepared(cache=cache, model=model, dataset=dataset, tokenized=tokenized, fingerprint=fingerprint(parts))
 
 
-def prepare(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
-    """Fetch model, tokenizer and dataset into ``cache``, tokenize once, then :func:`verify`."""
-    from harness.trial.data import prepare as tokenize_into
-    from harness.trial.model import TINY_BLOOM, load_tokenizer, resolve_model_path
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per load, twice over
-    cache = Path(cache)
+def prepare(cfg: ExperimentConfig) -> Prepared:
+    """Fetch model, tokenizer and dataset into the cache, tokenize once, then :func:`verify`."""
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per load
+    cuda_devices()
+    cache = root(cfg.results_dir)
     if cfg.model.name == TINY_BLOOM:
         model = Path(resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache))
     else:
@@ -231,7 +206,7 @@ def prepare(cfg: ExperimentConfig, cache: Path, *, fix: str) -> Prepared:
     fetch_dataset(cfg.data.source, cache)
     tokenize_into(cfg.data, load_tokenizer(str(model)), seed=cfg.seed, max_length=cfg.model.max_length,
                   cache_dir=cache)
-    prepared = verify(cfg, cache, fix=fix)
+    prepared = verify(cfg)
     manifest = cache / "prepared" / f"{slug(cfg.model.name + '|' + cfg.data.source)}.json"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(json.dumps({
