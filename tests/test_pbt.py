@@ -9,6 +9,8 @@ from harness.config import ConfigError, SearchSpace, resolve
 from harness.strategies import StrategyContext
 from harness.strategies.pbt import scheduler
 
+pytestmark = pytest.mark.unit
+
 SPACE = SearchSpace(lr_lower=1e-5, lr_upper=2e-4, bs_choices=(1, 2), wd_choices=(0.0, 0.01))
 
 

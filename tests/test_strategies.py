@@ -11,6 +11,8 @@ import pytest
 from harness import strategies
 from harness.config import ConfigError, resolve
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

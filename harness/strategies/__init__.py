@@ -12,10 +12,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from harness.config import ConfigError, ExperimentConfig
+from harness.contract.record import RunRecord
+from harness.contract.rundir import RunDir
+from harness.contract.sink import Sink
 
 #: How a strategy decides how many trials it runs out of the budget.
 TRIALS_GRID = "grid"  # the grid's combinations, each for every iteration
@@ -73,17 +75,17 @@ class StrategyContext:
     """What the runner hands a strategy: the resolved config and the prepared inputs."""
 
     cfg: ExperimentConfig
-    run_dir: Path
+    run_dir: RunDir
     model_path: str
     data_path: str
     cache_dir: str = ""
     ray_address: str = "local"
-    sinks: list[Any] = field(default_factory=list)
-    """Receivers of trial_started / trial_result / trial_ended (the RunRecord, the MLflow tracker)."""
+    sinks: Sink = field(default_factory=Sink)
+    """Where every trial event goes (the event log, MLflow, the console), in one :class:`Sinks`."""
     verbose: bool = False
     """Ray's own trial table and every trial process's output on the console (else: in the run folder)."""
-    previous: Any = None
-    """With ``--resume``: the RunRecord replayed from the run's event log (what is already done)."""
+    previous: RunRecord | None = None
+    """With ``--resume``: the record replayed from the run's event log (what is already done)."""
     stop: Any = None
     """A ``threading.Event`` set when the run must stop early (SIGUSR1 before a SLURM time limit)."""
 

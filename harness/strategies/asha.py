@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.strategies import StrategyContext, StrategyResult
-from harness.strategies.tune_common import run_tuner
+from harness.strategies.tune_runner import run_tuner
 
 
 def scheduler(ctx: StrategyContext) -> Any:

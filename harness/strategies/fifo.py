@@ -4,7 +4,7 @@ no exploitation. Every trial trains all its iterations; only concurrency shorten
 from __future__ import annotations
 
 from harness.strategies import StrategyContext, StrategyResult
-from harness.strategies.tune_common import run_tuner
+from harness.strategies.tune_runner import run_tuner
 
 
 def run(ctx: StrategyContext) -> StrategyResult:

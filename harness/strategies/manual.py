@@ -10,7 +10,6 @@ in flight from it, and SIGUSR1 stops the grid after the iteration in flight.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,10 +18,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
+from harness.contract.iteration import HParams, Iteration, IterationReport
+from harness.contract.record import Status
 from harness.strategies import StrategyContext, StrategyResult
-from harness.trial.segment import META_FILE, MODEL_DIR, Segment, run_trial_segment
+from harness.trial.ranks import run_trial_segment
+from harness.trial.segment import META_FILE, Segment, restart_point
 
 log = logging.getLogger(__name__)
 
@@ -50,50 +51,41 @@ def _keep(ckpt_dir: str, dest: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _restart_point(kept: Path) -> dict[str, Any]:
-    """Where a combination continues: after its kept checkpoint, or from the start."""
-    if not (kept / META_FILE).is_file():
-        return {}
-    meta = json.loads((kept / META_FILE).read_text())
-    return {"start_iteration": int(meta["iteration"]), "init_weights": str(kept / MODEL_DIR),
-            "epochs_before": float(meta["epoch"])}
-
-
 def run(ctx: StrategyContext) -> StrategyResult:
     cfg = ctx.cfg
     combos = cfg.search.grid(cfg.grid_lrs())
     ip = _node_ip()
-    finished = {t.trial_id for t in ctx.previous.trials if t.status == "TERMINATED"} if ctx.resuming else set()
-    checkpoints = Path(ctx.run_dir) / "manual_checkpoints"
+    finished = {t.trial_id for t in ctx.previous.trials if t.status == Status.TERMINATED} if ctx.previous else set()
+    checkpoints = ctx.run_dir.manual_checkpoints
     for index, hparams in enumerate(combos):
         trial_id = f"manual_{index:05d}"
         if trial_id in finished:
             continue
         name = (f"{trial_id}_lr={hparams['lr']:.3g},bs={hparams['per_device_train_batch_size']},"
                 f"wd={hparams['weight_decay']:g}")
-        for sink in ctx.sinks:
-            sink.trial_started(trial_id, name, hparams)
+        hp = HParams.of(hparams)
+        ctx.sinks.trial_started(trial_id, name, hp)
         kept = checkpoints / trial_id
         last = [time.time()]
 
-        def report(metrics: dict[str, Any], ckpt_dir: str, trial_id: str = trial_id, kept: Path = kept) -> None:
+        def report(done: IterationReport, ckpt_dir: str, trial_id: str = trial_id, kept: Path = kept) -> None:
             now = time.time()
-            row = {**metrics, "training_iteration": metrics["iteration"], "time_this_iter_s": now - last[0],
-                   "node_ip": ip, "pid": os.getpid()}
+            row = Iteration.from_metrics(done.metrics(), training_iteration=done.iteration, time_this_iter_s=now - last[0],
+                                         node_ip=ip, pid=os.getpid(), received_at=now)
             last[0] = now
             _keep(ckpt_dir, kept)  # before the report: what was reported can always be continued
-            for sink in ctx.sinks:
-                sink.trial_result(trial_id, row)
+            ctx.sinks.trial_result(trial_id, row)
             if ctx.stop is not None and ctx.stop.is_set():
                 raise StopRequested
 
-        status, error, failures = "TERMINATED", "", 0
+        status, error, failures = Status.TERMINATED, "", 0
         log.info("manual grid %d/%d: %s", index + 1, len(combos), name)
         while True:
             workdir = Path(tempfile.mkdtemp(prefix=f"harness-{trial_id}-"))
-            seg = Segment(experiment=cfg.to_dict(), hparams=hparams, model_path=ctx.model_path,
-                          data_path=ctx.data_path, trial_id=trial_id, workdir=str(workdir), cache_dir=ctx.cache_dir,
-                          **_restart_point(kept))
+            # after its kept checkpoint (a retry, a resume), or from the start
+            start = restart_point(kept, workdir / "init", trial_id) if (kept / META_FILE).is_file() else {}
+            seg = Segment(cfg=cfg, hparams=hp, model_path=ctx.model_path, data_path=ctx.data_path,
+                          trial_id=trial_id, workdir=str(workdir), cache_dir=ctx.cache_dir, **start)
             last[0] = time.time()
             try:
                 run_trial_segment(seg, report)
@@ -105,16 +97,13 @@ def run(ctx: StrategyContext) -> StrategyResult:
                 error = traceback.format_exc()
                 failures += 1
                 if failures > cfg.tune.max_failures:
-                    status = "ERROR"
+                    status = Status.ERROR
                     log.error("%s failed %d times:\n%s", name, failures, error)
                     break
-                for sink in ctx.sinks:
-                    if hasattr(sink, "trial_retried"):
-                        sink.trial_retried(trial_id, error)
+                ctx.sinks.trial_retried(trial_id, error)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
-        for sink in ctx.sinks:
-            sink.trial_ended(trial_id, status, error if status != "TERMINATED" else "")
-        if status == "TERMINATED":
+        ctx.sinks.trial_ended(trial_id, status, error if status != Status.TERMINATED else "")
+        if status == Status.TERMINATED:
             shutil.rmtree(kept, ignore_errors=True)  # done: only the combination in flight keeps one
     return StrategyResult(slots=1)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.strategies import StrategyContext, StrategyResult
-from harness.strategies.pbt import private_rng
-from harness.strategies.tune_common import KeepActorsWarm, run_tuner
+from harness.strategies import StrategyContext, StrategyResult, ray_compat
+from harness.strategies.tune_runner import KeepActorsWarm, run_tuner
 
 
 def scheduler(ctx: StrategyContext) -> Any:
@@ -25,7 +24,7 @@ def scheduler(ctx: StrategyContext) -> Any:
         pass
 
     cfg = ctx.cfg
-    private_rng(cfg.seed)
+    ray_compat.private_pbt_random(cfg.seed)  # PBT's exploit step, shared
     return WarmPB2(
         time_attr="training_iteration",
         metric=cfg.tune.metric,

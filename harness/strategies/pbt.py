@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
-from harness.strategies import StrategyContext, StrategyResult
-from harness.strategies.tune_common import KeepActorsWarm, run_tuner
-
-
-def private_rng(seed: int) -> random.Random:
-    """Give Ray's PBT a random generator of its own.
-
-    PBT draws its exploit and explore decisions from the process-wide ``random`` module, which
-    Ray's driver threads also draw from, a timing-dependent number of times: two synchronous runs
-    with the same seed and identical losses chose different donors (measured). Ray's PBT module
-    looks ``random`` up as a module global, so pointing that name at a seeded ``random.Random``
-    makes the decisions depend on the seed and the losses alone.
-    """
-    from ray.tune.schedulers import pbt as ray_pbt
-
-    rng = random.Random(f"pbt/{seed}")
-    ray_pbt.random = rng  # type: ignore[attr-defined]
-    return rng
+from harness.strategies import StrategyContext, StrategyResult, ray_compat
+from harness.strategies.tune_runner import KeepActorsWarm, run_tuner
 
 
 def scheduler(ctx: StrategyContext) -> Any:
@@ -32,7 +15,7 @@ def scheduler(ctx: StrategyContext) -> Any:
         pass
 
     cfg = ctx.cfg
-    rng = private_rng(cfg.seed)
+    rng = ray_compat.private_pbt_random(cfg.seed)  # decisions that repeat with the seed
     return WarmPBT(
         time_attr="training_iteration",
         metric=cfg.tune.metric,

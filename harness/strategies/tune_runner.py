@@ -1,5 +1,5 @@
 """What every Ray Tune strategy shares: Ray start-up, trial resources, the budget-aware searcher
-and stopper, the Tuner."""
+and stopper, the Tuner, and continuing it after a lost node or a resume."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback, Stopper
+from ray.tune import Stopper
 from ray.tune.search import BasicVariantGenerator
 
 from harness import strategies
+from harness.cluster import watchdog
+from harness.cluster.capacity import Node, TrialShape, trials_per_node
 from harness.config import ExperimentConfig
-from harness.strategies import StrategyContext, StrategyResult
-from harness.trial.segment import trainable
-
+from harness.strategies import StrategyContext, StrategyResult, ray_compat
+from harness.strategies.tune_adapter import SinkCallback, trainable
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,13 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING,
                                   log_to_driver=verbose)
     if os.environ.get("RAY_NODE_IP"):  # the head job's address (127.0.0.1 would not match the raylet)
-        kwargs["_node_ip_address"] = os.environ["RAY_NODE_IP"]
+        kwargs.update(ray_compat.init_kwargs(os.environ["RAY_NODE_IP"]))
     if address == "local" and slots:
         kwargs["resources"] = {SLOT_RESOURCE: slots}
     ray.init(**kwargs)
     if address == "local":  # an embedded Ray dies with its driver, even one killed with SIGKILL
         global _WATCHDOG
         if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-            from harness.cluster import watchdog
-
             _WATCHDOG = watchdog.start()
 
 
@@ -86,8 +85,6 @@ def seed_everything(seed: int) -> None:
 def cluster_slots(cfg: ExperimentConfig) -> int:
     """Trials Ray can run at once on the nodes it has now (the seed's capacity check per node)."""
     import ray
-
-    from harness.cluster.capacity import Node, TrialShape, trials_per_node
 
     r = cfg.resources
     shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
@@ -121,7 +118,7 @@ class BudgetedSearch(BasicVariantGenerator):
         self.spent = 0  # counted by BudgetStopper: Ray skips on_trial_result for a result that stops its trial
 
     def in_flight(self) -> int:
-        return len(self._live_trials)
+        return len(ray_compat.live_trials(self))
 
     def next_trial(self) -> Any:
         if self.until_spent and self.spent + self.in_flight() + self.guaranteed > self.budget:
@@ -130,7 +127,7 @@ class BudgetedSearch(BasicVariantGenerator):
         return super().next_trial()
 
     def is_finished(self) -> bool:
-        return super().is_finished() and not self._live_trials
+        return super().is_finished() and not ray_compat.live_trials(self)
 
 
 class BudgetStopper(Stopper):
@@ -163,8 +160,7 @@ class KeepActorsWarm:
     next round then restarts trials one per controller step on the few cached actors while fresh
     processes are still importing torch (measured: 2 of 4 slots busy from the second round on).
     Raising the controller's actor-cache limit by the number of slots once keeps every slot's
-    process warm. ``_actor_cache`` is private Ray API: tests/test_strategies.py fails when a
-    Ray upgrade changes it (a run then uses more processes than slots).
+    process warm (:func:`ray_compat.raise_actor_cache_limit`).
     """
 
     warm_slots = 0
@@ -172,9 +168,7 @@ class KeepActorsWarm:
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         trials = tune_controller.get_trials()
         if self.warm_slots and trials and not getattr(self, "_warmed", False):
-            # schedulers get a wrapper that warns on private attributes; the controller is behind it
-            controller = getattr(tune_controller, "_tune_controller", tune_controller)
-            controller._actor_cache.increase_max(trials[0].placement_group_factory, by=self.warm_slots)
+            ray_compat.raise_actor_cache_limit(tune_controller, trials[0].placement_group_factory, self.warm_slots)
             self._warmed = True
         chosen = super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
         if chosen is None and self._restored_barrier_is_stuck(tune_controller):
@@ -189,16 +183,17 @@ class KeepActorsWarm:
         behind it: every trial stays paused and the controller spins (measured: a resumed run
         stopped at 8 of 12 iterations). Move the barrier one interval on when every trial waits
         at or past it and none runs."""
-        state = getattr(self, "_trial_state", None)
-        if not getattr(self, "_synch", False) or state is None:
+        barrier = ray_compat.SyncBarrier(self)
+        if not barrier.synchronous:
             return False
         trials = tune_controller.get_trials()
         waiting = [t for t in trials if t.status in ("PENDING", "PAUSED")]
         if not waiting or any(t.status == "RUNNING" for t in trials):
             return False
-        if not all(t in state and state[t].last_train_time >= self._next_perturbation_sync for t in waiting):
+        times = [barrier.last_train_time(t) for t in waiting]
+        if any(time is None or time < barrier.next_sync for time in times):
             return False
-        self._next_perturbation_sync = max(state[t].last_train_time for t in waiting) + self._perturbation_interval
+        barrier.move_to(waiting)
         return True
 
 
@@ -215,16 +210,14 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     init_ray(ctx.ray_address, cfg.budget.slots if local else 0, ctx.verbose)
     seed_everything(cfg.seed)
     budget = cfg.budget_iterations()
-    fn = tune.with_parameters(
-        trainable, experiment=cfg.to_dict(), model_path=ctx.model_path, data_path=ctx.data_path,
-        cache_dir=ctx.cache_dir,
-    )
+    fn = tune.with_parameters(trainable, cfg=cfg, model_path=ctx.model_path, data_path=ctx.data_path,
+                              cache_dir=ctx.cache_dir)
     slots = cluster_slots(cfg)
     if isinstance(scheduler, KeepActorsWarm):
         scheduler.warm_slots = slots
     search = BudgetedSearch(budget=budget, guaranteed=cfg.tune.asha_grace_period if until_spent else 1,
                             until_spent=until_spent, slots=slots, random_state=cfg.seed)
-    experiment = Path(ctx.run_dir).resolve() / "ray"
+    experiment = ctx.run_dir.experiment_dir
     SinkCallback.live[str(experiment)] = ctx.sinks
     # the experiment state (what --resume restores) at most 1 s old, not Ray's "auto" (up to minutes)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -250,7 +243,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
                                        resume_errored=True)
             results = tuner.fit()
     finally:
-        copy_ray_logs(Path(ctx.run_dir) / "logs" / "ray")
+        copy_ray_logs(ctx.run_dir.ray_logs)
     return StrategyResult(slots=slots)
 
 
@@ -278,12 +271,12 @@ def _new_tuner(ctx: StrategyContext, resources: Any, scheduler: Any, search: Bud
             reuse_actors=cfg.tune.reuse_actors,
         ),
         run_config=tune.RunConfig(
-            name="ray",
-            storage_path=str(Path(ctx.run_dir).resolve()),  # relative fails with ArrowInvalid
+            name=ctx.run_dir.experiment_name,
+            storage_path=str(ctx.run_dir.path),  # absolute: a relative one fails with ArrowInvalid
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.tune.num_to_keep),
             failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             stop=BudgetStopper(cfg.train.iterations, search),
-            callbacks=[SinkCallback(str(Path(ctx.run_dir).resolve() / "ray"))],
+            callbacks=[SinkCallback(str(ctx.run_dir.experiment_dir))],
             verbose=1 if ctx.verbose else 0,  # the harness prints one line per iteration instead
         ),
     )
@@ -296,62 +289,12 @@ def copy_ray_logs(dest: Path) -> None:
     moves on from; the run folder is where a user looks. Only this node's files: on a cluster the
     other nodes' stay in their own session folders.
     """
-    import ray
-
-    node = getattr(ray._private.worker, "_global_node", None)  # private: guarded, a copy is best effort
-    if node is None:
+    session = ray_compat.session_dir()
+    if session is None:
         return
-    logs = Path(node.get_session_dir_path()) / "logs"
+    logs = session / "logs"
     files = [p for p in logs.glob("worker-*") if p.suffix in (".out", ".err") and p.stat().st_size]
     if files:
         dest.mkdir(parents=True, exist_ok=True)
         for path in files:
             shutil.copy2(path, dest / path.name)
-
-
-class SinkCallback(Callback):
-    """Forwards Ray Tune's trial events to the run's sinks (the event log, MLflow, the console).
-
-    Ray Tune pickles its callbacks into the experiment's saved state, and ``Tuner.restore`` brings
-    them back in a new driver. So the callback holds only its experiment folder and finds the live
-    sinks of the driver it runs in through :attr:`live`, registered before ``fit``.
-    """
-
-    live: dict[str, list[Any]] = {}
-
-    def __init__(self, experiment: str):
-        self.experiment = experiment
-
-    @property
-    def sinks(self) -> list[Any]:
-        if self.experiment not in self.live and len(self.live) == 1:  # restored from a moved run folder
-            return next(iter(self.live.values()))
-        return self.live[self.experiment]
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        for sink in self.sinks:
-            sink.trial_started(trial.trial_id, str(trial), dict(trial.config))
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        for sink in self.sinks:
-            sink.trial_result(trial.trial_id, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        for sink in self.sinks:
-            sink.trial_ended(trial.trial_id, "TERMINATED")
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_of(trial)
-        for sink in self.sinks:
-            if hasattr(sink, "trial_retried"):
-                sink.trial_retried(trial.trial_id, error)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_of(trial)
-        for sink in self.sinks:
-            sink.trial_ended(trial.trial_id, "ERROR", error)
-
-
-def _error_of(trial: Any) -> str:
-    error_file = getattr(trial, "error_file", None)
-    return Path(error_file).read_text()[-2000:] if error_file and Path(error_file).is_file() else ""
