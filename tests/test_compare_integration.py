@@ -13,7 +13,8 @@ import pytest
 
 from conftest import SMALL_BUDGET, only_run_dir, run_harness, serve_mlflow
 from harness.reporting.analysis import summarize
-from harness.contract.record import RunRecord
+from harness.contract.record import short_id
+from harness.contract.rundir import RunDir
 from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -25,7 +26,7 @@ def _run(tmp_path_factory, name: str, *args: str):
     done = run_harness(results, "--preset", "smoke", *SMALL_BUDGET, *args)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     run_dir = only_run_dir(results)
-    return run_dir, RunRecord.load(run_dir)
+    return run_dir, RunDir(run_dir).record()
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +83,32 @@ def test_pb2_explores_inside_the_users_space(runs):
     assert record.exploits(), "synchronous PB2 with quantile 0.5 exploits every round"
     for trial in record.trials:
         for row in trial.history:
-            assert space["lr_lower"] <= row["lr"] <= space["lr_upper"]
-            assert row["per_device_train_batch_size"] in space["bs_choices"]
-            assert row["weight_decay"] in space["wd_choices"]
+            assert space["lr_lower"] <= row.lr <= space["lr_upper"]
+            assert row.per_device_train_batch_size in space["bs_choices"]
+            assert row.weight_decay in space["wd_choices"]
 
 
 def _compare(tmp_path, dirs, name="comparison"):
-    out = tmp_path / name
-    done = run_harness(tmp_path, *map(str, dirs), "--out", str(out), command="compare")
+    """The comparison pipeline in this process (the CLI's own run of it: the ``comparison`` fixture)."""
+    from harness.driver.compare import compare
+
+    return compare(dirs, out=tmp_path / name).out
+
+
+@pytest.fixture(scope="module")
+def comparison(runs, tmp_path_factory):
+    """``python -m harness compare`` over the five strategies' runs, as a user runs it: its output
+    folder and what it printed (the MLflow UI's URLs among it)."""
+    tmp = tmp_path_factory.mktemp("comparison")
+    out = tmp / "comparison"
+    done = run_harness(tmp, *(str(runs[name][0]) for name in runs), "--out", str(out), "--ui-port", "5123",
+                       command="compare")
     assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    return out, done.stdout
 
 
-def test_compare_writes_one_row_per_strategy_with_budgets_intervals_and_plots(runs, tmp_path):
-    out = _compare(tmp_path, [runs[name][0] for name in runs])
+def test_compare_writes_one_row_per_strategy_with_budgets_intervals_and_plots(runs, comparison):
+    out, _ = comparison
     rows = list(csv.DictReader(io.StringIO((out / "comparison.csv").read_text())))
     assert [r["strategy"] for r in rows] == ["manual", "fifo", "asha", "pbt", "pb2"]
     for r in rows:
@@ -176,24 +189,26 @@ def test_compare_aggregates_seeds(runs, tmp_path):
     assert done.returncode == 2 and "two runs of strategy 'manual' with seed 42" in done.stderr
 
 
-def test_population_larger_than_the_slots_keeps_one_warm_process_per_slot(tmp_path_factory):
-    """8 PBT trials on 4 slots, synchronous rounds: every round pauses all trials, and the harness
-    keeps one trial process per slot alive across the barrier (Ray alone kept 2 of 4 busy)."""
-    _, record = _run(tmp_path_factory, "pbt-warm", "--strategy", "pbt", "--set", "train.iterations=2",
-                     "--set", "budget.trial_iterations=16")
-    assert len(record.trials) == 8 and summarize(record).iterations_run == 16
-    pids = {row["pid"] for t in record.trials for row in t.history}
-    assert len(pids) == 4, f"{len(pids)} trial processes for 4 slots"
+def test_population_larger_than_the_slots_keeps_one_warm_process_per_slot(runs):
+    """4 trials on 2 slots, synchronous rounds: every round pauses all trials, and the harness keeps
+    one trial process per slot alive across the barrier (Ray alone kept 2 of 4 busy). The fast test
+    of what it relies on is tests/test_ray_compat.py; this is the behaviour a user sees."""
+    for name in ("pbt", "pb2"):
+        _, record = runs[name]
+        assert len(record.trials) == 4 and record.slots == 2 and summarize(record).iterations_run == 12
+        pids = {row.pid for t in record.trials for row in t.history}
+        assert len(pids) == 2, f"{name}: {len(pids)} trial processes for 2 slots"
 
 
-def test_two_manual_runs_give_identical_eval_loss_per_combo(runs, tmp_path_factory):
-    _, first = runs["manual"]
-    _, second = _run(tmp_path_factory, "manual-again", "--strategy", "manual")
-
+def test_the_grid_gives_identical_eval_loss_per_combo_in_one_process_and_under_ray(runs):
+    """With a fixed seed the trial is deterministic: the manual grid (one combination after another
+    in the driver) and FIFO (the same grid as Ray trials, in reused processes) give bit-identical
+    losses for every combination, iteration by iteration."""
     def losses(record):
-        return {t.trial_id: [row["eval_loss"] for row in t.history] for t in record.trials}
+        return {tuple(sorted(t.initial_config.items())): [row.eval_loss for row in t.history] for t in record.trials}
 
-    assert losses(first) == losses(second)
+    manual, fifo = losses(runs["manual"][1]), losses(runs["fifo"][1])
+    assert len(manual) == 4 and manual == fifo
 
 
 def _decisions(run_dir):
@@ -213,10 +228,10 @@ def _decisions(run_dir):
 def _restored(run_dir):
     """Exploits as the trials saw them: receiver, donor, the donor checkpoint's iteration, and the
     eval_loss that followed (trial indices instead of random ids)."""
-    record = RunRecord.load(run_dir)
+    record = RunDir(run_dir).record()
     return sorted(
-        (t.trial_id[-5:], row["exploited_from"][-5:], row["segment_start_iteration"], round(row["eval_loss"], 6))
-        for t in record.trials for row in t.history if row.get("exploited_from")
+        (t.label, short_id(row.exploited_from), row.segment_start_iteration, round(row.eval_loss, 6))
+        for t in record.trials for row in t.history if row.exploited_from
     )
 
 
@@ -260,18 +275,16 @@ def mlflow_server(runs):
         yield port
 
 
-def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_browser(runs, mlflow_server,
+def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_browser(comparison, mlflow_server,
                                                                                        tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
     from playwright.sync_api import sync_playwright
 
-    out = tmp_path / "comparison"
-    done = run_harness(tmp_path, *(str(runs[name][0]) for name in runs), "--out", str(out),
-                       "--ui-port", str(mlflow_server), command="compare")
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stdout.splitlines()
+    out, printed = comparison
+    assert "http://127.0.0.1:5123/#/compare-runs?" in printed  # the UI's port it was given (--ui-port)
+    lines = printed.replace(":5123/", f":{mlflow_server}/").splitlines()  # where this test's server listens
     url = next(lines[i + 1].strip() for i, line in enumerate(lines) if "the strategies side by side" in line)
     runs_url = next(lines[i + 1].strip() for i, line in enumerate(lines) if "training runs" in line)
     assert url.startswith(f"http://127.0.0.1:{mlflow_server}/#/compare-runs?")

@@ -4,7 +4,6 @@ left behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import psutil
 import pytest
 
 from harness.contract import events
-from harness.contract.record import RunRecord
+from harness.contract.rundir import RunDir
 from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,7 +40,7 @@ def _run_dir(results: Path) -> Path:
 
 
 def _results(run_dir: Path) -> int:
-    return sum(e["event"] == "trial_result" for e in events.read(run_dir))
+    return sum(e["event"] == "trial_result" for e in events.read(RunDir(run_dir).events_file))
 
 
 def _wait_for_results(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
@@ -74,7 +73,8 @@ def _resume(run_dir: Path, env: dict[str, str] | None = None) -> subprocess.Comp
 
 def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow_run_per_trial(tmp_path):
     results = tmp_path / "results"
-    proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12")  # population 4 x 3
+    proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12",  # population 4 x 3
+                  "--set", "budget.slots=2")
     run_dir = _run_dir(results)
     _wait_for_results(proc, run_dir, 3)  # after the first checkpoints
     cleanup_s = [_kill_and_check_nothing_is_left(proc)]
@@ -88,15 +88,15 @@ def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow
 
     done = _resume(run_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    record = RunRecord.load(run_dir)
+    record = RunDir(run_dir).record()
     assert len(record.trials) == 4
     for t in record.trials:
         assert t.status == "TERMINATED", (t.name, t.status, t.error[-500:])
-        iterations = [row["iteration"] for row in t.history]
+        iterations = [row.iteration for row in t.history]
         assert iterations[-1] == 3, (t.name, iterations)
         # an iteration trained twice because of a kill is recorded once; only a PBT exploit can go back to an
         # iteration (Ray restores each trial from its own last checkpoint, not the scheduler's barrier)
-        trained = [row["iteration"] for row in t.history if not row.get("exploited_from")]
+        trained = [row.iteration for row in t.history if not row.exploited_from]
         assert len(trained) == len(set(trained)), (t.name, iterations)
     assert len(record.resumes) == 2
     redone = sum(r["redone_iterations"] for r in record.resumes)
@@ -116,14 +116,14 @@ def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow
 def test_a_trial_process_killed_by_a_fault_is_retried_from_its_checkpoint(tmp_path):
     results = tmp_path / "results"
     env = {"HARNESS_FAULT": "c02:2:kill", "HARNESS_FAULT_DIR": str(tmp_path)}
-    proc = _start(results, "--strategy", "fifo", "--set", "budget.trial_iterations=12", "--bs-choices", "2",
-                  "--wd-choices", "0.0", env=env)
+    proc = _start(results, "--strategy", "fifo", "--set", "budget.trial_iterations=6", "--bs-choices", "2",
+                  "--wd-choices", "0.0", "--set", "budget.slots=2", env=env)  # two trials, two slots
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    record = RunRecord.load(_run_dir(results))
+    record = RunDir(_run_dir(results)).record()
     (c02,) = [t for t in record.trials if t.trial_id.endswith("00001")]
     assert c02.retries == 1 and c02.status == "TERMINATED"
-    assert [row["iteration"] for row in c02.history] == [1, 2, 3]
+    assert [row.iteration for row in c02.history] == [1, 2, 3]
     assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials)
     assert "1 restarted from a checkpoint; 0 errored" in (_run_dir(results) / "tables" / "results.md").read_text()
 
@@ -136,9 +136,9 @@ def test_manual_retries_a_raising_combination_and_errors_after_max_failures(tmp_
     proc = _start(tmp_path / "retried", *small, env=env)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    record = RunRecord.load(_run_dir(tmp_path / "retried"))
+    record = RunDir(_run_dir(tmp_path / "retried")).record()
     c01 = record.trials[0]
-    assert (c01.retries, c01.status, [r["iteration"] for r in c01.history]) == (1, "TERMINATED", [1, 2])
+    assert (c01.retries, c01.status, [r.iteration for r in c01.history]) == (1, "TERMINATED", [1, 2])
 
     (tmp_path / "never").mkdir()
     env = {"HARNESS_FAULT": "c01:2:raise", "HARNESS_FAULT_DIR": str(tmp_path / "never")}
@@ -146,46 +146,53 @@ def test_manual_retries_a_raising_combination_and_errors_after_max_failures(tmp_
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "1 trial(s) did not finish" in out
     run_dir = _run_dir(tmp_path / "errored")
-    record = RunRecord.load(run_dir)
+    record = RunDir(run_dir).record()
     assert [t.status for t in record.trials] == ["ERROR", "TERMINATED"]
     assert "InjectedFault" in record.trials[0].error
-    assert "0 restarted from a checkpoint; 1 errored (manual_00000" in (run_dir / "tables" / "results.md").read_text()
+    assert "0 restarted from a checkpoint; 1 errored (c01)" in (run_dir / "tables" / "results.md").read_text()
+    assert "1 trial(s) did not finish: c01;" in out
 
 
-def test_sigusr1_stops_the_manual_grid_after_a_checkpoint_and_resume_skips_what_is_done(tmp_path):
+def test_sigusr1_stops_ray_tune_after_the_iterations_in_flight_and_resume_finishes_under_one_mlflow_parent(tmp_path):
+    """What SLURM's --signal=B:USR1@120 does before a time limit, on a Ray strategy: exit 75 with
+    every checkpoint saved, then --resume continues the same trials and MLflow runs. (The manual
+    grid's USR1 goes through the SLURM head job in tests/test_slurm.py.)"""
     results = tmp_path / "results"
-    proc = _start(results, "--strategy", "manual", "--set", "train.iterations=2", "--set", "budget.trial_iterations=4",
-                  "--bs-choices", "1", "--wd-choices", "0.0")
+    proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12", "--set", "budget.slots=2")
     run_dir = _run_dir(results)
-    _wait_for_results(proc, run_dir, 3)  # the first combination done, the second one iteration in
+    _wait_for_results(proc, run_dir, 3)
     proc.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 75, out[-3000:]
     assert f"--resume {run_dir}" in out
-    stopped = RunRecord.load(run_dir)
-    assert stopped.stopped and [t.status for t in stopped.trials] == ["TERMINATED", "RUNNING"]
-    assert (run_dir / "manual_checkpoints" / "manual_00001").is_dir()
+    stopped = RunDir(run_dir).record()
+    assert stopped.stopped and any(t.status != "TERMINATED" for t in stopped.trials)
+    assert "stopped" in (run_dir / "tables" / "results.md").read_text()
 
     done = _resume(run_dir)
     assert done.returncode == 0, done.stderr[-3000:]
-    record = RunRecord.load(run_dir)
-    assert [t.status for t in record.trials] == ["TERMINATED", "TERMINATED"]
-    assert [[r["iteration"] for r in t.history] for t in record.trials] == [[1, 2], [1, 2]]
-    results_after = [e for e in events.read(run_dir) if e["event"] == "trial_result"]
-    assert [e["trial_id"] for e in results_after] == ["manual_00000"] * 2 + ["manual_00001"] * 2, \
-        "the finished combination was not trained again, the stopped one went on from its checkpoint"
-    assert record.resumes[0]["redone_iterations"] == 0
+    record = RunDir(run_dir).record()
+    assert not record.stopped and len(record.resumes) == 1
+    assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials), \
+        [(t.label, t.status, [r.iteration for r in t.history]) for t in record.trials]
     runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
-    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)
+    assert sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1 and len(runs) == 5
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_resume_refuses_a_complete_run_and_a_folder_that_is_no_run(tmp_path):
     done = _resume(tmp_path)
     assert done.returncode == 2 and "is not a run folder of this harness" in done.stderr
-    results = tmp_path / "results"
-    proc = _start(results, "--strategy", "manual", "--set", "train.iterations=1", "--set", "budget.trial_iterations=2",
-                  "--bs-choices", "1", "--wd-choices", "0.0")
-    proc.communicate(timeout=300)
-    done = _resume(_run_dir(results))
+    run_dir = RunDir.create(tmp_path / "results", "manual-smoke-done")  # a run whose every trial ended
+    from harness.config import resolve
+
+    cfg = resolve("smoke", env={}, overrides={"strategy": "manual", "results_dir": str(tmp_path / "results")})
+    run_dir.write_config(cfg.to_json())
+    log = run_dir.event_log()
+    log.write("run_started", strategy="manual", preset="smoke", seed=cfg.seed, config=cfg.to_dict(), budget=36)
+    log.write("trial_started", trial_id="manual_00000", name="a", config={})
+    log.write("trial_ended", trial_id="manual_00000", status="TERMINATED")
+    log.write("run_finished", slots=1, stopped="")
+    done = _resume(run_dir.path)
     assert done.returncode == 2 and "the run is complete, nothing to resume" in done.stderr
-    assert json.loads((_run_dir(results) / "run_record.json").read_text())["resumes"] == []
+    assert done.stderr.count("\n") == 1 and not run_dir.record_file.exists()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from conftest import only_run_dir, run_harness
-from harness.contract.record import RunRecord
+from harness.contract.rundir import RunDir
 from harness.reporting.tracking import runs_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,7 +27,7 @@ def test_the_three_tables_are_printed_and_written(smoke):
     for title in ("### Job timing", "### Trials", "### Best trial"):
         assert title in done.stdout
     assert "| job start |" in done.stdout and "| total job time |" in done.stdout
-    trial_rows = [line for line in done.stdout.splitlines() if line.startswith("| trainable_")]
+    trial_rows = [line for line in done.stdout.splitlines() if re.match(r"\| c\d\d \|", line)]
     assert len(trial_rows) == 4
     for name in ("job.csv", "trials.csv", "best.csv", "results.md"):
         assert (run_dir / "tables" / name).is_file()
@@ -39,7 +40,7 @@ def test_every_trial_reports_every_planned_iteration(smoke):
     assert len(record.trials) == 4
     for trial in record.trials:
         assert trial.status == "TERMINATED"
-        assert [row["iteration"] for row in trial.history] == [1, 2, 3]
+        assert [row.iteration for row in trial.history] == [1, 2, 3]
 
 
 def test_exploits_happen_and_the_optimizer_uses_the_new_lr(smoke):
@@ -48,8 +49,8 @@ def test_exploits_happen_and_the_optimizer_uses_the_new_lr(smoke):
     assert exploits, "synchronous PBT with quantile 0.5 exploits every round"
     for trial in record.trials:
         for row in trial.history:
-            assert row["optimizer_lr"] == pytest.approx(row["lr"], rel=1e-9), (trial.trial_id, row)
-            assert row["optimizer_weight_decay"] == row["weight_decay"]
+            assert row.optimizer_lr == pytest.approx(row.lr, rel=1e-9), (trial.trial_id, row)
+            assert row.optimizer_weight_decay == row.weight_decay
     # the exploit the trial saw is the one Ray logged
     ray_log = [json.loads(line) for line in (run_dir / "ray" / "pbt_global.txt").read_text().splitlines()]
     assert len(ray_log) == len(exploits)
@@ -58,7 +59,7 @@ def test_exploits_happen_and_the_optimizer_uses_the_new_lr(smoke):
     e = exploited.exploits[0]
     donor = next(t for t in record.trials if t.trial_id == e["donor"])
     # it resumed from the donor's checkpoint, at the donor's iteration
-    assert any(row["iteration"] == e["from_iteration"] for row in donor.history)
+    assert any(row.iteration == e["from_iteration"] for row in donor.history)
 
 
 def test_every_lr_stays_within_the_bounds(smoke):
@@ -66,9 +67,9 @@ def test_every_lr_stays_within_the_bounds(smoke):
     lo, hi = record.config["search"]["lr_lower"], record.config["search"]["lr_upper"]
     for trial in record.trials:
         for row in trial.history:
-            assert lo <= row["lr"] <= hi
-            assert row["per_device_train_batch_size"] in record.config["search"]["bs_choices"]
-            assert row["weight_decay"] in record.config["search"]["wd_choices"]
+            assert lo <= row.lr <= hi
+            assert row.per_device_train_batch_size in record.config["search"]["bs_choices"]
+            assert row.weight_decay in record.config["search"]["wd_choices"]
 
 
 def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(smoke):
@@ -101,32 +102,34 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(
     assert not (ROOT / "mlruns").exists(), "MLflow must not write outside the results folder"
 
 
+@pytest.mark.xdist_group("ray-ranks")  # needs no shared run: any pytest-xdist worker takes it
 def test_two_workers_per_trial_through_ray(tmp_path):
-    done = run_harness(tmp_path, "--preset", "smoke", "--set", "resources.workers_per_trial=2",
-                       "--set", "budget.trial_iterations=4", "--set", "train.iterations=2",
+    """One trial of two torch.distributed ranks in the placement group Ray reserved for it."""
+    done = run_harness(tmp_path, "--preset", "smoke", "--strategy", "fifo", "--set", "resources.workers_per_trial=2",
+                       "--set", "budget.trial_iterations=2", "--set", "train.iterations=2",
                        "--set", "search.bs_choices=2", "--set", "search.wd_choices=0.0")
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
-    record = RunRecord.load(only_run_dir(tmp_path))
-    assert len(record.trials) == 2
+    record = RunDir(only_run_dir(tmp_path)).record()
+    assert len(record.trials) == 1
     for trial in record.trials:
         assert trial.status == "TERMINATED" and trial.iterations == 2
-        assert all(row["world_size"] == 2 for row in trial.history)
+        assert all(row.world_size == 2 for row in trial.history)
 
 
 def test_every_iteration_records_where_its_time_went(smoke):
-    from harness.trial.segment import ITERATION_PHASES, PHASES, SETUP_PHASES, phase_key
+    from harness.contract.iteration import ITERATION_PHASES, PHASES, SETUP_PHASES
 
     _, results, _, record = smoke
     for trial in record.trials:
         for i, row in enumerate(trial.history):
-            assert all(row[phase_key(p)] is not None and row[phase_key(p)] >= 0 for p in PHASES), row
-            inside = sum(row[phase_key(p)] for p in PHASES if p != "process_up")  # process_up precedes Ray's clock
-            assert inside == pytest.approx(row["time_this_iter_s"], abs=0.1 + 0.05 * row["time_this_iter_s"])
-            assert row[phase_key("train")] > 0 and row[phase_key("eval")] > 0
+            assert all(row.phases[p] is not None and row.phases[p] >= 0 for p in PHASES), row
+            inside = sum(row.phases[p] for p in PHASES if p != "process_up")  # process_up precedes Ray's clock
+            assert inside == pytest.approx(row.time_this_iter_s, abs=0.1 + 0.05 * row.time_this_iter_s)
+            assert row.phases["train"] > 0 and row.phases["eval"] > 0
         # the first iteration of a trial carries its set-up; a fresh trial process paid for its start
-    fresh = [t.history[0] for t in record.trials if t.history[0][phase_key("process_up")] > 0]
+    fresh = [t.history[0] for t in record.trials if t.history[0].phases["process_up"] > 0]
     assert fresh, "the first trials start in new processes"
-    assert all(row[phase_key("imports")] > 0 for row in fresh)
+    assert all(row.phases["imports"] > 0 for row in fresh)
     assert SETUP_PHASES + ITERATION_PHASES == PHASES
 
     from mlflow.tracking import MlflowClient

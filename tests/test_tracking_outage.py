@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,6 +70,7 @@ def test_a_server_that_accepts_but_never_answers_is_reported_after_the_probe_tim
     print(f"detected in {elapsed:.1f} s")
 
 
+@pytest.mark.integration
 def test_no_mlflow_runs_without_the_server_and_keeps_the_record(tmp_path):
     done, _ = _run(tmp_path, f"http://127.0.0.1:{_closed_port()}", "--no-mlflow", "--set", "train.iterations=1",
                    "--set", "budget.trial_iterations=2", "--bs-choices", "1", "--wd-choices", "0.0")
@@ -77,10 +80,13 @@ def test_no_mlflow_runs_without_the_server_and_keeps_the_record(tmp_path):
     assert record.is_file()
 
 
-def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
+@pytest.mark.integration
+def test_a_tracking_server_stopped_for_10_s_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
+    """Down for two of the tracker's retry intervals (RETRY_S = 5 s), while the run trains on."""
     from mlflow.tracking import MlflowClient
 
     from conftest import serve_mlflow
+    from harness.cluster.reachability import tracking_problem
     from harness.contract import events
     from harness.reporting.tracking import runs_of
 
@@ -89,17 +95,18 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
     with serve_mlflow(store) as port:
         uri = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--strategy", "pbt", "--preset", "smoke",
-                                 "--set", "budget.trial_iterations=12", "--results-dir", str(results)],
+                                 "--set", "budget.trial_iterations=12", "--set", "budget.slots=2",
+                                 "--results-dir", str(results)],
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "MLFLOW_TRACKING_URI": uri})
         deadline = time.monotonic() + 300
         while True:
             found = list(results.glob("*/events.jsonl"))
-            if found and sum(e["event"] == "trial_result" for e in events.read(found[0].parent)) >= 2:
+            if found and sum(e["event"] == "trial_result" for e in events.read(found[0])) >= 2:
                 break
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
             time.sleep(0.2)
-    time.sleep(20)  # the server is down; the run trains on
+    time.sleep(10)  # the server is down; the run trains on
     with serve_mlflow(store, port):
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out[-3000:]
@@ -107,6 +114,9 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
         sync = subprocess.run([sys.executable, "-m", "harness", "sync", str(run_dir)], cwd=ROOT, capture_output=True,
                               text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
         assert sync.returncode == 0, sync.stderr
+        # the probe answers for a live server, also when its URI holds credentials
+        assert tracking_problem(f"http://alice:s3cret%40pw@127.0.0.1:{port}") == ""
+        assert tracking_problem(f"http://127.0.0.1:{port}/") == ""
         runs = runs_of("hpo-smoke", uri)
         client = MlflowClient(tracking_uri=uri)
         children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -118,12 +128,3 @@ def test_a_tracking_server_stopped_for_20_s_mid_run_loses_nothing_and_duplicates
         parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
         assert "best_eval_loss" in parent.data.metrics
     assert "stopped answering" in out
-
-
-def test_the_probe_answers_for_a_live_server_whose_uri_holds_credentials(tmp_path):
-    from conftest import serve_mlflow
-    from harness.cluster.reachability import tracking_problem
-
-    with serve_mlflow(tmp_path / "server.db") as port:
-        assert tracking_problem(f"http://alice:s3cret%40pw@127.0.0.1:{port}") == ""
-        assert tracking_problem(f"http://127.0.0.1:{port}/") == ""

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -18,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from harness import strategies
-from harness.cluster.capacity import CapacityError, Node, TrialShape, plan
+from harness.cluster.devices import cuda_devices
+from harness.cluster.provenance import provenance
+from harness.cluster.redaction import RedactCredentials
 from harness.config import ConfigError, ExperimentConfig
-from harness.contract.record import RunRecord, short_id
+from harness.contract import events
+from harness.contract.record import RunRecord, Status
+from harness.contract.rundir import RunDir
+from harness.contract.sink import Sinks
+from harness.driver.preflight import preflight
+from harness.reporting.analysis import summarize
+from harness.reporting.console import Progress
+from harness.reporting.report import write_tables
+from harness.trial import cache as trial_cache
 
 log = logging.getLogger(__name__)
 
@@ -28,129 +35,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class Outcome:
     record: RunRecord
-    run_dir: Path
+    run_dir: RunDir
     tables_markdown: str
     cfg: ExperimentConfig
+    tracking_uri: str
 
     @property
     def failed_trials(self) -> list[str]:
-        return [t.name for t in self.record.trials if t.status == "ERROR"]
-
-
-def preflight(cfg: ExperimentConfig, ray_address: str = "local", *, tracking: bool = True) -> None:
-    """Refuse, before anything starts, what cannot run here; each message names the fix."""
-    strategy = strategies.spec(cfg.strategy)
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if tracking and uri:
-        from harness.cluster.reachability import tracking_problem
-
-        problem = tracking_problem(uri)
-        if problem:
-            raise ConfigError(f"{problem}; start it, unset MLFLOW_TRACKING_URI for the local sqlite store, "
-                              "or run without MLflow: --no-mlflow (the run folder keeps every record)")
-    if strategy.exploits and strategy.planned_trials(cfg) < 2:
-        raise ConfigError(
-            f"budget.trial_iterations={cfg.budget_iterations()} gives {cfg.strategy} a population of "
-            f"{strategy.planned_trials(cfg)} (budget / train.iterations={cfg.train.iterations}); a population "
-            f"needs at least 2 trials to exploit: raise the budget to {2 * cfg.train.iterations} or more"
-        )
-    src = cfg.data.source
-    if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
-        from harness.trial.prepare import dataset_complete, dataset_slot
-
-        if not dataset_complete(dataset_slot(cache_dir(cfg), src)):
-            raise ConfigError(f"data.source={src!r} is not a file (nor in the prepared cache {cache_dir(cfg)}); "
-                              "give a SQuAD JSON file, synthetic or hub:<namespace>/<name>")
-    gpus = cpu_only_deepspeed()
-    if cfg.train.fp16 and gpus == 0 and ray_address == "local":
-        raise ConfigError(
-            "train.fp16=true needs a CUDA GPU and this machine has none; "
-            "use --set train.fp16=false (or the smoke preset) on CPU"
-        )
-    if cfg.train.deepspeed and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(
-            "train.deepspeed=true needs the deepspeed package, which is not installed; "
-            "install it (DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed) or use --set train.deepspeed=false"
-        )
-    if ray_address == "local":
-        r = cfg.resources
-        shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
-        try:
-            log.info("capacity: %s", plan([Node(cpus=os.cpu_count() or 1, gpus=gpus)], shape,
-                                            strategy.planned_trials(cfg)).summary())
-        except CapacityError as exc:
-            raise CapacityError(f"on this machine {exc}") from None
-
-
-def cpu_only_deepspeed() -> int:
-    """The number of CUDA devices; with none, tell DeepSpeed (imported by transformers) so, or it
-    warns in every process that it chose the CPU."""
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    return gpus
-
-
-def _run_dir(cfg: ExperimentConfig) -> Path:
-    name = cfg.run_name or f"{cfg.strategy}-{Path(cfg.preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    base = Path(cfg.results_dir) / name
-    run_dir, n = base, 1
-    while run_dir.exists():  # never mix two runs' files
-        n += 1
-        run_dir = base.with_name(f"{base.name}-{n}")
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
-class Progress:
-    """A sink that logs one line per reported iteration: how much of the budget is spent, the
-    trial, its metric, and the best so far (on the console instead of Ray's trial table)."""
-
-    def __init__(self, cfg: ExperimentConfig, already: int = 0):
-        self.metric, self.mode = cfg.tune.metric, cfg.tune.mode
-        self.budget, self.planned = cfg.budget_iterations(), cfg.train.iterations
-        self.spent = already
-        self.best: tuple[float, str] | None = None
-        self.log = logging.getLogger("harness.progress")
-
-    def trial_started(self, trial_id: str, name: str, config: dict) -> None:
-        pass
-
-    def trial_result(self, trial_id: str, result: dict) -> None:
-        self.spent += 1
-        value = result.get(self.metric)
-        who = short_id(trial_id)
-        if value is not None and (self.best is None or (value < self.best[0] if self.mode == "min"
-                                                       else value > self.best[0])):
-            self.best = (float(value), who)
-        donor = result.get("exploited_from")
-        nan = float("nan")
-        self.log.info(
-            "%3d/%d iterations  %s it %s/%d  %s %.4f  lr %.2e bs %s wd %g%s  best %.4f (%s)",
-            self.spent, self.budget, who, result.get("iteration"), self.planned, self.metric,
-            nan if value is None else value, result.get("lr") or nan, result.get("per_device_train_batch_size"),
-            result.get("weight_decay") or 0, f"  (from {short_id(donor)}'s checkpoint)" if donor else "",
-            self.best[0] if self.best else nan, self.best[1] if self.best else "-",
-        )
-
-    def trial_retried(self, trial_id: str, error: str) -> None:
-        last = error.strip().splitlines()[-1] if error.strip() else "no error message"
-        self.log.warning("%s failed (%s); restarting it from its last checkpoint", short_id(trial_id), last)
-
-    def trial_ended(self, trial_id: str, status: str, error: str = "") -> None:
-        if status != "TERMINATED":
-            last = error.strip().splitlines()[-1] if error.strip() else "no error message"
-            self.log.warning("%s ended %s: %s", short_id(trial_id), status, last)
+        return [t.label for t in self.record.trials if t.status == Status.ERROR]
 
 
 @contextlib.contextmanager
-def _logging_to(run_dir: Path) -> Iterator[None]:
+def _logging_to(path: Path) -> Iterator[None]:
     """Every log line of the run (all libraries, INFO and up) into ``<run>/harness.log``, while it runs."""
-    from harness.cluster.redaction import RedactCredentials
-
-    handler = logging.FileHandler(run_dir / "harness.log")
+    handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
     handler.addFilter(RedactCredentials())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -164,47 +62,37 @@ def _logging_to(run_dir: Path) -> Iterator[None]:
 
 def summary_metrics(record: RunRecord) -> dict[str, float]:
     """The run's headline figures for its MLflow parent run (from the same analysis as the report)."""
-    from harness.reporting.analysis import summarize
-
     s = summarize(record)
     return {k: float(v) for k, v in s.as_row().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def cache_dir(cfg: ExperimentConfig) -> Path:
-    return Path(os.environ.get("HARNESS_CACHE") or Path(cfg.results_dir) / ".cache").resolve()
-
-
 def run(cfg: ExperimentConfig, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
-    preflight(cfg, ray_address, tracking=tracking)
-    cfg = dataclasses.replace(cfg, results_dir=str(Path(cfg.results_dir).resolve()))
-    run_dir = _run_dir(cfg)
-    with _logging_to(run_dir):
+    preflight(cfg, here=ray_address == "local", tracking=tracking)
+    cfg = cfg.model_copy(update={"results_dir": str(Path(cfg.results_dir).resolve())})
+    name = cfg.run_name or f"{cfg.strategy}-{Path(cfg.preset).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = RunDir.create(cfg.results_dir, name)
+    with _logging_to(run_dir.log_file):
         return _run(cfg, run_dir, ray_address, verbose, tracking, previous=None)
 
 
-def resume(run_dir: str | Path, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
+def resume(path: str | Path, *, ray_address: str = "local", verbose: bool = False, tracking: bool = True) -> Outcome:
     """Continue a run whose driver died or stopped: the same folder, the same MLflow runs."""
-    from harness.contract import events
-
-    run_dir = Path(run_dir).resolve()
-    if not (run_dir / events.EVENTS_FILE).is_file() or not (run_dir / "config.json").is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r} is not a run folder of this harness (no {events.EVENTS_FILE} "
-                          "and config.json); give a folder under results/")
-    if events.finished(run_dir):
+    run_dir = RunDir.existing(path, what="--resume")
+    previous = run_dir.replay()
+    if events.complete(previous):
         raise ConfigError(f"--resume {str(run_dir)!r}: the run is complete, nothing to resume")
-    cfg = ExperimentConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    previous = events.replay(run_dir)
+    cfg = ExperimentConfig.from_dict(run_dir.config_data())
     if tracking and not previous.mlflow_run_id:
         log.info("%s ran without MLflow (--no-mlflow); it continues without it", run_dir)
         tracking = False
-    preflight(cfg, ray_address, tracking=tracking)
+    preflight(cfg, here=ray_address == "local", tracking=tracking)
     if not strategies.spec(cfg.strategy).sequential:
-        from ray.tune import Tuner
+        from ray.tune import Tuner  # 1.4 s: only a Ray strategy's resume asks
 
-        if not Tuner.can_restore(str(run_dir / "ray")):
+        if not Tuner.can_restore(str(run_dir.experiment_dir)):
             raise ConfigError(f"--resume {str(run_dir)!r}: Ray Tune saved no experiment state in it before the driver "
                               "died; this run cannot be continued, start it again")
-    with _logging_to(run_dir):
+    with _logging_to(run_dir.log_file):
         return _run(cfg, run_dir, ray_address, verbose, tracking, previous=previous)
 
 
@@ -223,7 +111,7 @@ def _stop_on_usr1(stop: threading.Event) -> None:
 def _stopped(record: RunRecord, cfg: ExperimentConfig, stop: threading.Event) -> str:
     """Why the run is incomplete ("" when every planned trial ended)."""
     spec = strategies.spec(cfg.strategy)
-    open_trials = [t.trial_id for t in record.trials if t.status not in ("TERMINATED", "ERROR")]
+    open_trials = record.open_trials
     missing = (spec.planned_trials(cfg) - len(record.trials)) if spec.trials != strategies.TRIALS_UNTIL_SPENT else 0
     if stop.is_set():
         return "SIGUSR1 (a time limit)"
@@ -232,27 +120,26 @@ def _stopped(record: RunRecord, cfg: ExperimentConfig, stop: threading.Event) ->
     return ""
 
 
-def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool, tracking: bool,
+def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool, tracking: bool,
          previous: RunRecord | None) -> Outcome:
-    from harness.contract import events
+    # torch and transformers (seconds to import), MLflow (1.5 s): only once a run really starts
+    from harness.reporting.tracking import NoTracker, Tracker, tracking_uri
     from harness.trial.data import prepare
     from harness.trial.model import load_tokenizer, resolve_model_path
-    from harness.cluster.provenance import provenance
-    from harness.reporting.report import write_tables
-    from harness.reporting.tracking import NoTracker, Tracker
 
-    log_events = events.EventLog(run_dir)
+    log_events = run_dir.event_log()
     if previous is None:
-        (run_dir / "config.json").write_text(cfg.to_json())
+        run_dir.write_config(cfg.to_json())
         log_events.write("run_started", strategy=cfg.strategy, preset=cfg.preset, seed=cfg.seed,
                          config=cfg.to_dict(), budget=cfg.budget_iterations())
         log.info("run folder: %s (full log: harness.log, trial processes: logs/)", run_dir)
     else:
         log_events.write("resumed", pid=os.getpid())
-        done = sum(t.iterations for t in previous.trials)
-        log.info("resuming %s: %d trial(s) known, %d iteration(s) done", run_dir, len(previous.trials), done)
+        log.info("resuming %s: %d trial(s) known, %d iteration(s) done", run_dir, len(previous.trials),
+                 previous.iterations_done)
 
-    cache = cache_dir(cfg)
+    cuda_devices()
+    cache = trial_cache.root(cfg.results_dir)
     model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
     data_path = prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
                         max_length=cfg.model.max_length, cache_dir=cache)
@@ -262,32 +149,33 @@ def _run(cfg: ExperimentConfig, run_dir: Path, ray_address: str, verbose: bool, 
     stop = threading.Event()
     _stop_on_usr1(stop)
 
-    continued = events.mlflow_runs(run_dir) if previous is not None else None
-    tracker_cm = Tracker(cfg, run_dir, tags=provenance(), events=log_events, resume=continued) if tracking else NoTracker()
+    tracker_cm = Tracker(cfg, run_dir, tags=provenance(), events=log_events, previous=previous) if tracking else NoTracker()
     with tracker_cm as tracker:
         if previous is None and tracker.parent_id:
             log_events.write("mlflow_parent", run_id=tracker.parent_id)
-        progress = Progress(cfg, already=sum(t.iterations for t in previous.trials) if previous else 0)
+        progress = Progress(metric=cfg.tune.metric, mode=cfg.tune.mode, budget=cfg.budget_iterations(),
+                            planned=cfg.train.iterations, already=previous.iterations_done if previous else 0)
         ctx = strategies.StrategyContext(cfg=cfg, run_dir=run_dir, model_path=model_path, data_path=str(data_path),
                                          cache_dir=str(cache), ray_address=ray_address,
-                                         sinks=[log_events, tracker, progress], verbose=verbose,
+                                         sinks=Sinks([log_events, tracker, progress]), verbose=verbose,
                                          previous=previous, stop=stop)
         slots = 0
         try:
             slots = strategy(ctx).slots
         finally:
-            stopped = _stopped(events.replay(run_dir), cfg, stop)
-            log_events.write("run_finished", slots=slots or (previous.slots if previous else 0), stopped=stopped)
-            record = events.replay(run_dir)
-            record.save(run_dir)
+            record = run_dir.replay()  # the one replay: the end is folded in, not read again
+            stopped = _stopped(record, cfg, stop)
+            record.apply(log_events.write("run_finished", slots=slots or (previous.slots if previous else 0),
+                                          stopped=stopped))
+            run_dir.save_record(record)
         if stopped:
             tracker.stopped(stopped)
-        text, tables_dir = write_tables(record, run_dir)
-        artifacts_dir = run_dir / "strategy_artifacts"
+        text, tables_dir = write_tables(record, run_dir.tables_dir)
+        artifacts_dir = run_dir.artifacts_dir
         for pattern in spec.artifacts:
-            for path in (run_dir / "ray").glob(pattern):
+            for path in run_dir.experiment_dir.glob(pattern):
                 artifacts_dir.mkdir(exist_ok=True)
                 shutil.copy2(path, artifacts_dir / path.name)
         tracker.log_summary(summary_metrics(record),
-                            [run_dir / "config.json", run_dir / "run_record.json", tables_dir, artifacts_dir])
-    return Outcome(record=record, run_dir=run_dir, tables_markdown=text, cfg=cfg)
+                            [run_dir.config_file, run_dir.record_file, tables_dir, artifacts_dir])
+    return Outcome(record=record, run_dir=run_dir, tables_markdown=text, cfg=cfg, tracking_uri=tracking_uri(cfg.results_dir))
