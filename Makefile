@@ -10,6 +10,11 @@ PRESET ?= smoke
 RESULTS_DIR ?= results
 MLFLOW_PORT ?= 5000
 PYTEST_ARGS ?=
+# make test / test-fast run the suite on this many pytest-xdist workers: much of a run is waiting
+# (Ray and MLflow start-up, SLURM scheduling, sleeps), so two overlap well even on 2 cores. Test
+# files that share an expensive fixture stay on one worker (tests/conftest.py). 0: one process.
+TEST_WORKERS ?= 2
+parallel = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 # the offline cache (model, tokenizer, dataset, tokenized data) that make prepare fills and runs read
 CACHE_DIR ?= $(RESULTS_DIR)/.cache
 # extra `python -m harness run/prepare` flags, e.g. HARNESS_ARGS="--set data.train_samples=200"
@@ -19,7 +24,6 @@ SEEDS ?=
 # SLURM submission (make submit-pbt, submit-manual): what each node job asks for (the seed's node:
 # Cnode=20, Gnode=8, Csys=2 on every node), how many worker jobs join, and the image the jobs run in
 SUBMIT_PRESET ?= seed
-STRATEGY ?= pbt
 NUM_WORKERS ?= 1
 CPUS_PER_NODE ?= 20
 GPUS_PER_NODE ?= 8
@@ -29,10 +33,11 @@ SIF ?= harness.sif
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare resume bench-pbt bench-manual bench-fifo bench-asha bench-pb2 bench-all bench-cpu compare test test-fast bench mlflow-ui submit-pbt submit-manual test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume strategies bench-all bench-cpu compare test test-fast test-unit bench mlflow-ui test-slurm lock container container-lint clean
+# bench-<strategy> and submit-<strategy> are pattern rules: one per registered strategy, no file behind them
 
 help: ## list the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
 	@echo "  variables: PRESET=$(PRESET) RESULTS_DIR=$(RESULTS_DIR) SEEDS="$(SEEDS)" LR_LOWER LR_UPPER BS_CHOICES WD_CHOICES"
 
 $(STAMP): constraints.txt pyproject.toml
@@ -53,26 +58,18 @@ run_seeds = $(foreach seed,$(or $(SEEDS),preset),HARNESS_CACHE="$(CACHE_DIR)" $(
 prepare: $(STAMP) ## fill CACHE_DIR for PRESET (and SEEDS) where there is network: model, tokenizer, dataset, tokenized data; verified offline
 	$(foreach seed,$(or $(SEEDS),preset),HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness prepare --preset $(PRESET) $(call seed_flag,$(seed)) $(HARNESS_ARGS) &&) true
 
-bench-pbt: $(STAMP) ## run the PBT benchmark (PRESET=smoke: local Ray, sqlite MLflow, tiny offline model; SEEDS="0 1")
-	$(call run_seeds,pbt)
+strategies: $(STAMP) ## list the registered strategies (each has bench-<name> and submit-<name>)
+	@$(PY) -m harness strategies --describe
 
-bench-manual: $(STAMP) ## run the sequential manual grid (the budget's combinations of lr x BS_CHOICES x WD_CHOICES), no Ray
-	$(call run_seeds,manual)
-
-bench-fifo: $(STAMP) ## run the same grid concurrently with Ray Tune, no early stopping (FIFO)
-	$(call run_seeds,fifo)
-
-bench-asha: $(STAMP) ## run ASHA on the search space until the budget is spent (early stopping)
-	$(call run_seeds,asha)
-
-bench-pb2: $(STAMP) ## run PB2 (PBT with a GP-bandit explore step) on the same budget
-	$(call run_seeds,pb2)
+bench-%: $(STAMP) ## run strategy % on PRESET (smoke: local Ray, sqlite MLflow, tiny offline model), once per seed in SEEDS
+	$(call run_seeds,$*)
 
 resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill or a stop before a time limit (same MLflow runs)
 	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }
 	HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness run --resume "$(RUN)" $(HARNESS_ARGS)
 
-bench-all: bench-manual bench-fifo bench-asha bench-pbt ## the four strategies, each once per seed in SEEDS
+bench-all: $(STAMP) ## every registered strategy (make strategies), each once per seed in SEEDS
+	for strategy in $$($(PY) -m harness strategies); do $(MAKE) --no-print-directory "bench-$$strategy"; done
 
 bench-cpu: ## the compute-dominated CPU comparison: real SQuAD text, a wider tiny BLOOM (PRESET=cpu)
 	$(MAKE) bench-all compare PRESET=cpu
@@ -80,11 +77,14 @@ bench-cpu: ## the compute-dominated CPU comparison: real SQuAD text, a wider tin
 compare: $(STAMP) ## compare the newest run of each strategy and seed of PRESET in RESULTS_DIR (or RUNS="dir dir ...")
 	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR) --preset $(PRESET)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S) --ui-port $(MLFLOW_PORT)
 
-test: $(STAMP) ## run the whole test suite (unit + Ray/MLflow integration at smoke scale)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## the whole suite: unit, the trial, Ray/MLflow runs, faults, SLURM jobs, the MLflow UI in a browser
+	$(PY) -m pytest $(parallel) $(PYTEST_ARGS)
 
-test-fast: $(STAMP) ## run the unit tests only (no Ray run)
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+test-unit: $(STAMP) ## the unit tier: no Ray, no training (about a minute)
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## unit + the trial trained without Ray (a few minutes): no Ray run, no SLURM, no browser, no outage
+	$(PY) -m pytest -m "not integration" $(parallel) $(PYTEST_ARGS)
 
 test-slurm: $(STAMP) ## only the SLURM tests (bring up a one-node cluster; root + apt-get)
 	$(PY) -m pytest -m slurm $(PYTEST_ARGS)
@@ -97,18 +97,17 @@ mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port ML
 	$(PY) -m harness ui-urls --results-dir $(RESULTS_DIR) --port $(MLFLOW_PORT)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-submit-pbt: $(STAMP) ## submit the SLURM head job for STRATEGY (pbt) in the container SIF; node-sized: CPUS_PER_NODE, GPUS_PER_NODE, SYSTEM_CPUS, NUM_WORKERS
-	$(call submit,$(STRATEGY),ray_head_bloom_5epochs)
-
-submit-manual: $(STAMP) ## submit the sequential manual grid through the same head job and container (no Ray, no worker jobs)
-	$(call submit,manual,manual_grid_bloom_5epochs)
+submit-%: $(STAMP) ## submit the SLURM head job for strategy % on SUBMIT_PRESET in the container SIF; node-sized: CPUS_PER_NODE, GPUS_PER_NODE, SYSTEM_CPUS, NUM_WORKERS
+	$(call submit,$*,hpo-$*-$(notdir $(basename $(SUBMIT_PRESET))))
 
 # The checks the head job makes, before anything is queued (bad input, no room, no image: exit 2),
-# then one head job of the node's size; it submits NUM_WORKERS worker jobs of the same size.
+# then one head job of the node's size, named hpo-<strategy>-<preset>; it submits NUM_WORKERS
+# worker jobs of the same size (hpo-<strategy>-<preset>-worker). A strategy that needs no Ray
+# (job-plan says USES_RAY=0: the sequential grid) runs in the head job alone.
 define submit
-	$(PY) -m harness job-plan --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) > /dev/null
-	$(if $(filter manual,$(1)),,$(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) --nodes $$(( $(NUM_WORKERS) + 1 )) \
-	  --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS))
+	plan="$$(HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness job-plan --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS))"; \
+	if [[ "$$plan" == *USES_RAY=1* ]]; then $(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) \
+	  --nodes $$(( $(NUM_WORKERS) + 1 )) --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS); fi
 	@[[ "$(SIF)" == none || -f "$(SIF)" ]] || { echo "error: SIF=$(SIF) does not exist; build it with make container (needs apptainer), or SIF=none to run the jobs from .venv" >&2; exit 2; }
 	mkdir -p logs
 	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \

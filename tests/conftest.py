@@ -37,9 +37,45 @@ def _guarded_connect(self: socket.socket, address):  # type: ignore[no-untyped-d
     return _real_connect(self, address)
 
 
+#: Test files that share a session fixture run on one pytest-xdist worker (make test: -n 2 --dist
+#: loadgroup), so that fixture is built once: the smoke PBT run, DeepSpeed's CPU op. Every other
+#: file is a group of its own (a module-scoped SLURM cluster must not start twice).
+SHARED_GROUPS = {"test_integration": "smoke-runs", "test_compare_integration": "smoke-runs",
+                 "test_train": "deepspeed", "test_gpucheck": "deepspeed"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:  # a test may name its own
+            stem = Path(str(item.fspath)).stem
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(stem, stem)))
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+def _refuse(what: str):  # type: ignore[no-untyped-def]
+    def refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"a unit test called {what}: move it to the fast tier, or mark it integration")
+
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_ray_and_train_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier (make test-unit) stays fast by construction: in a test marked unit, starting
+    Ray or training a model fails the test instead of slowing the tier down."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import ray
+
+    monkeypatch.setattr(ray, "init", _refuse("ray.init"))
+    trainer = sys.modules.get("transformers.trainer")
+    if trainer is not None:  # not imported: nothing can train (importing it costs seconds)
+        monkeypatch.setattr(trainer.Trainer, "train", _refuse("Trainer.train"))
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +126,10 @@ def squad_sample() -> Path:
     return SQUAD_SAMPLE
 
 
-#: A third of the smoke budget: the grid's 4 combinations (1 lr x 2 bs x 2 wd), a PBT population of 4.
-SMALL_BUDGET = ("--set", "budget.trial_iterations=12")
+#: A third of the smoke budget: the grid's 4 combinations (1 lr x 2 bs x 2 wd), a PBT population of 4,
+#: on 2 slots: a population larger than the slots (what the warm processes are for), and two trial
+#: processes to start instead of four on a 2-core machine.
+SMALL_BUDGET = ("--set", "budget.trial_iterations=12", "--set", "budget.slots=2")
 
 
 def run_harness(results: Path, *args: str, command: str = "run", timeout: int = 900):
@@ -116,13 +154,13 @@ def only_run_dir(results: Path) -> Path:
 def smoke_pbt(tmp_path_factory):
     """`make bench-pbt`'s run (smoke preset) on a third of its budget (12 trial-iterations: a
     population of 4), shared by the end-to-end and comparison tests."""
-    from harness.contract.record import RunRecord
+    from harness.contract.rundir import RunDir
 
     results = tmp_path_factory.mktemp("smoke-pbt")
     done = run_harness(results, "--strategy", "pbt", "--preset", "smoke", *SMALL_BUDGET)
     assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-5000:])
     run_dir = only_run_dir(results)
-    return done, results, run_dir, RunRecord.load(run_dir)
+    return done, results, run_dir, RunDir(run_dir).record()
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ import pytest
 from harness.cluster.capacity import CapacityError, Node, TrialShape, plan, trials_per_node
 from harness.cluster.ports import LOWEST, SINGLE_PORTS, choose, ephemeral_range
 
+pytestmark = pytest.mark.unit
+
 SEED_TRIAL = TrialShape(workers=2, cpus_per_worker=2, gpus_per_worker=1)
 
 

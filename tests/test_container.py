@@ -11,6 +11,8 @@ import pytest
 from tools import container
 from tools.container import lint, lock_drift, lock_from_constraints
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 DEF = ROOT / "container" / "harness.def"
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted((ROOT / "slurm").glob("*.slurm")) + [ROOT / "slurm" / "common.sh", ROOT / ".ci" / "run"]
 
@@ -49,11 +51,38 @@ def _make(env, *args):
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
+def _prepared_seed_cache(cache: Path) -> Path:
+    """What `make prepare PRESET=seed` leaves where the pre-flight looks (the files, not the weights)."""
+    from harness.trial.cache import dataset_slot, model_slot
+
+    model = model_slot(cache, "bigscience/bloom-560m")
+    model.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (model / name).write_text("{}")
+    data = dataset_slot(cache, "hub:rajpurkar/squad")
+    data.mkdir(parents=True)
+    for split in ("train", "validation"):
+        (data / f"{split}.jsonl").write_text("")
+    return cache
+
+
 def test_make_submit_refuses_before_sbatch_when_no_trial_fits(tmp_path):
     calls, env = _fake_sbatch(tmp_path)
-    done = _make(env, "submit-pbt", "NUM_WORKERS=0", "SIF=none", "CPUS_PER_NODE=20", "GPUS_PER_NODE=1", "SYSTEM_CPUS=2")
+    done = _make(env, "submit-pbt", "NUM_WORKERS=0", "SIF=none", "CPUS_PER_NODE=20", "GPUS_PER_NODE=1", "SYSTEM_CPUS=2",
+                 f"CACHE_DIR={_prepared_seed_cache(tmp_path / 'cache')}")
     assert done.returncode != 0 and "no trial fits on any node" in done.stderr
     assert not calls.exists(), "nothing may be submitted"
+
+
+def test_make_submit_refuses_before_sbatch_when_the_hub_material_is_not_prepared(tmp_path):
+    image = tmp_path / "harness.sif"
+    image.write_text("image")
+    calls, env = _fake_sbatch(tmp_path)
+    done = _make(env, "submit-pbt", f"SIF={image}", f"CACHE_DIR={tmp_path / 'empty'}")
+    assert done.returncode != 0 and not calls.exists(), "nothing may be submitted"
+    line = next(line for line in done.stderr.splitlines() if line.startswith("error:"))
+    assert "has no model 'bigscience/bloom-560m' and no dataset 'hub:rajpurkar/squad'" in line
+    assert line.endswith(f"make prepare PRESET=seed CACHE_DIR={tmp_path / 'empty'}")
 
 
 def test_the_seed_example_submits_node_sized_jobs_with_the_documented_defaults(tmp_path):
@@ -61,13 +90,13 @@ def test_the_seed_example_submits_node_sized_jobs_with_the_documented_defaults(t
     image = tmp_path / "harness.sif"
     image.write_text("image")
     calls, env = _fake_sbatch(tmp_path)
-    done = _make(env, "submit-pbt", f"SIF={image}")
+    done = _make(env, "submit-pbt", f"SIF={image}", f"CACHE_DIR={_prepared_seed_cache(tmp_path / 'cache')}")
     assert done.returncode == 0, done.stderr
     assert "2 node(s) hold 8 trial(s) at once (4 + 4;" in done.stdout
     assert "population 12: 4 trial(s) will wait PENDING" in done.stdout  # the seed budget: 60 / 5 iterations
     text = calls.read_text()
     args = text.splitlines()[-1].split()
-    assert args[:3] == ["--job-name=ray_head_bloom_5epochs", "--cpus-per-task=20", "--gres=gpu:8"]
+    assert args[:3] == ["--job-name=hpo-pbt-seed", "--cpus-per-task=20", "--gres=gpu:8"]
     assert args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
     assert f"HARNESS_SIF={image}" in text and "SYSTEM_CPUS=2" in text and "STRATEGY=pbt" in text
     assert "WORKER_SBATCH_ARGS=--cpus-per-task=20 --gres=gpu:8" in text
@@ -75,15 +104,16 @@ def test_the_seed_example_submits_node_sized_jobs_with_the_documented_defaults(t
 
 def test_make_submit_manual_uses_the_head_job_and_refuses_without_an_image(tmp_path):
     calls, env = _fake_sbatch(tmp_path)
-    done = _make(env, "submit-manual", f"SIF={tmp_path / 'missing.sif'}")
+    cache = _prepared_seed_cache(tmp_path / "cache")
+    done = _make(env, "submit-manual", f"SIF={tmp_path / 'missing.sif'}", f"CACHE_DIR={cache}")
     assert done.returncode == 2 and "SIF=" in done.stderr and "make container" in done.stderr
     assert not calls.exists()
-    done = _make(env, "submit-manual", "SIF=none")
+    done = _make(env, "submit-manual", "SIF=none", f"CACHE_DIR={cache}")
     assert done.returncode == 0, done.stderr
     text = calls.read_text()
     assert "STRATEGY=manual" in text and "HARNESS_SIF=none" in text
     args = text.splitlines()[-1].split()
-    assert args[0] == "--job-name=manual_grid_bloom_5epochs" and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
+    assert args[0] == "--job-name=hpo-manual-seed" and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
 
 
 def _bash(script: str, env: dict | None = None) -> subprocess.CompletedProcess:

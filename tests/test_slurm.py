@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.contract.record import RunRecord
+from harness.contract import events
+from harness.contract.rundir import RunDir
 from harness.reporting.tracking import runs_of
 from conftest import serve_mlflow
 from slurm_cluster import ClusterUnavailable, start
@@ -67,12 +68,16 @@ PATH="{ROOT / '.venv' / 'bin'}:$PATH" exec "$@"
     return tool
 
 
-def _prepare(results: Path, *args: str) -> None:
-    """What a user does once on the login node: make prepare (here the tiny model, synthetic data)."""
-    done = subprocess.run([PY, "-m", "harness", "prepare", "--preset", "smoke", *args],
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, str]:
+    """What a user does once on the login node: make prepare (here the tiny model, synthetic data),
+    into one cache that every job of this module reads (CACHE_DIR, as make submit-* passes it)."""
+    cache = tmp_path_factory.mktemp("prepared-cache")
+    done = subprocess.run([PY, "-m", "harness", "prepare", "--preset", "smoke"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT,
-                          env={**os.environ, "HARNESS_CACHE": str(results / ".cache")})
+                          env={**os.environ, "HARNESS_CACHE": str(cache)})
     assert done.returncode == 0, done.stderr
+    return {"CACHE_DIR": str(cache)}
 
 
 def _env(cluster, tmp: Path, extra_env: dict[str, str]) -> dict[str, str]:
@@ -91,15 +96,25 @@ def _env(cluster, tmp: Path, extra_env: dict[str, str]) -> dict[str, str]:
 
 
 def _submit(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str,
-            name: str = "ray_head_bloom_5epochs") -> tuple[int, Path, str]:
+            name: str = "hpo-pbt-smoke") -> tuple[int, Path, str]:
+    """Submit the head job and wait for it: (its exit code, its log, its id). Polled every half
+    second (sbatch --wait sleeps up to 10 s between its own polls)."""
     logs = tmp / "logs"
     done = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "--cpus-per-task=1", f"--job-name={name}", f"--output={logs}/%x-%j.out",
+        ["sbatch", "--parsable", "--cpus-per-task=1", f"--job-name={name}", f"--output={logs}/%x-%j.out",
          *sbatch_args, str(HEAD)],
-        capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=900,
+        capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=60,
     )
+    assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().split(";")[0]
-    return done.returncode, logs / f"{name}-{job_id}.out", job_id
+    deadline = time.monotonic() + 900
+    while True:
+        state = dict(field.split("=", 1) for field in cluster.run("scontrol", "show", "job", "-o", job_id).stdout.split()
+                     if "=" in field)
+        if state.get("JobState") not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", None):
+            return int(state["ExitCode"].split(":")[0]), logs / f"{name}-{job_id}.out", job_id
+        assert time.monotonic() < deadline, f"job {job_id} still {state.get('JobState')}"
+        time.sleep(0.5)
 
 
 class Watch(threading.Thread):
@@ -131,7 +146,7 @@ def _stamp(line: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def pbt_job(cluster, tmp_path_factory):
+def pbt_job(cluster, prepared, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
     fake_bin = tmp / "bin"
     fake_bin.mkdir()
@@ -140,12 +155,12 @@ def pbt_job(cluster, tmp_path_factory):
     image = tmp / "harness.sif"
     image.write_text("stand-in image\n")
     (tmp / "harness.sif.labels.json").write_text(json.dumps({"harness.git_sha": IMAGE_SHA}))
-    _prepare(tmp / "results")
     (tmp / "jobs").mkdir()
     watch = Watch(tmp / "jobs")
     watch.start()
     try:
-        rc, head_log, job_id = _submit(cluster, tmp, {"HARNESS_SIF": str(image), "PATH": f"{fake_bin}:{os.environ['PATH']}"})
+        rc, head_log, job_id = _submit(cluster, tmp, {"HARNESS_SIF": str(image), "PATH": f"{fake_bin}:{os.environ['PATH']}",
+                                                      **prepared})
     finally:
         watch.done.set()
         watch.join()
@@ -165,7 +180,7 @@ def test_worker_ended_after_shutdown_txt(pbt_job):
     tmp, head_log, job_id, *_ = pbt_job
     shutdown = tmp / "jobs" / job_id / "shutdown.txt"
     assert shutdown.read_text().strip() == "0"
-    (worker_log,) = (tmp / "logs").glob("ray_worker_bloom_5epochs-*.out")
+    (worker_log,) = (tmp / "logs").glob("hpo-pbt-smoke-worker-*.out")
     lines = worker_log.read_text().splitlines()
     found = next(line for line in lines if "shutdown.txt found" in line)
     done = next(line for line in lines if "worker done (exit 0)" in line)
@@ -181,16 +196,16 @@ def _collect(log: Path) -> str:
 def test_collected_tables_have_one_row_per_trial(pbt_job):
     _, head_log, *_ = pbt_job
     out = _collect(head_log)
-    assert len([line for line in out.splitlines() if line.startswith("| trainable_")]) == 4
+    assert len([line for line in out.splitlines() if re.match(r"\| c\d\d \|", line)]) == 4
     assert "| total job time |" in out and "| best eval loss |" in out
 
 
 def test_both_ray_nodes_ran_trials_and_mlflow_says_which_code_ran(pbt_job):
     tmp, _, _, _, image, _ = pbt_job
     (run_dir,) = [p for p in (tmp / "results").iterdir() if (p / "run_record.json").is_file()]
-    record = RunRecord.load(run_dir)
+    record = RunDir(run_dir).record()
     assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials)
-    nodes = {row["node_ip"] for t in record.trials for row in t.history}
+    nodes = {row.node_ip for t in record.trials for row in t.history}
     assert nodes == {"127.0.0.2", "127.0.0.3"}
     runs = runs_of("hpo-smoke", f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
     assert len(runs) == 5 and sum("mlflow.parentRunId" in r.data.tags for r in runs) == 4
@@ -254,7 +269,7 @@ def test_ray_listens_on_the_node_address_except_where_ray_cannot(pbt_job):
 def test_no_process_of_the_jobs_is_left(pbt_job, cluster):
     tmp, _, job_id, *_ = pbt_job
     assert cluster.run("squeue", "-h").stdout.strip() == ""
-    (worker_log,) = (tmp / "logs").glob("ray_worker_bloom_5epochs-*.out")
+    (worker_log,) = (tmp / "logs").glob("hpo-pbt-smoke-worker-*.out")
     _assert_nothing_left(job_id, worker_log.stem.rsplit("-", 1)[1])
 
 
@@ -276,7 +291,7 @@ def _refused_before_ray(tmp: Path, head_log: Path, job_id: str, rc: int) -> str:
     assert rc == 2, text
     assert "START" in text and "FINISH" in text
     assert "starting Ray head" not in text and not (tmp / "jobs" / job_id).exists()
-    assert not list((tmp / "logs").glob("ray_worker_*")), "no worker may be submitted"
+    assert not list((tmp / "logs").glob("*-worker-*")), "no worker may be submitted"
     return text
 
 
@@ -290,8 +305,9 @@ def test_an_empty_cache_stops_the_head_job_before_any_ray_process(cluster, tmp_p
     rc, head_log, job_id = _submit(cluster, tmp_path, {})
     text = _refused_before_ray(tmp_path, head_log, job_id, rc)
     cache = tmp_path / "results" / ".cache"
+    # the budget changes nothing in the cache, so the line to run does not carry it
     assert f"error: the cache {cache} has no tiny-bloom model for seed 42; fill it where there is network: " \
-           f"make prepare PRESET=smoke CACHE_DIR={cache} HARNESS_ARGS=--set=budget.trial_iterations=12" in text
+           f"make prepare PRESET=smoke CACHE_DIR={cache}\n" in text
 
 
 def test_a_job_without_an_image_refuses_unless_the_venv_is_chosen(cluster, tmp_path):
@@ -300,37 +316,9 @@ def test_a_job_without_an_image_refuses_unless_the_venv_is_chosen(cluster, tmp_p
     assert "no container image: HARNESS_SIF is not set" in text and "HARNESS_SIF=none" in text
 
 
-def test_manual_goes_through_the_head_job_alone_and_no_log_line_holds_the_tracking_password(cluster, tmp_path):
-    _prepare(tmp_path / "results")
-    (tmp_path / "results" / "server").mkdir()
-    with serve_mlflow(tmp_path / "results" / "server" / "mlflow.db") as port:
-        uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"
-        rc, log, job_id = _submit(cluster, tmp_path, {"STRATEGY": "manual", "MLFLOW_TRACKING_URI": uri},
-                                  name="manual_grid_bloom_5epochs")
-        text = log.read_text()
-        assert rc == 0, text[-4000:]
-        runs = runs_of("hpo-smoke", f"http://127.0.0.1:{port}")
-    out = _collect(log)
-    assert len([line for line in out.splitlines() if line.startswith("| manual_")]) == 4
-    assert re.search(r"^\| job start \| .* \|$", out, re.M) and "| total job time |" in out
-    assert "runs sequentially in this job: no Ray, no worker jobs" in text and "code: the virtual environment" in text
-    assert "ray start" not in text and not (tmp_path / "jobs" / job_id).exists()
-    assert not list((tmp_path / "logs").glob("ray_worker_*"))
-    assert f"MLflow: http://***@127.0.0.1:{port}" in text
-    (run_dir,) = [p for p in (tmp_path / "results").iterdir() if (p / "run_record.json").is_file()]
-    for where in [log, run_dir / "harness.log", *run_dir.rglob("*.log")]:
-        assert "s3cret-pw" not in where.read_text(errors="replace"), where
-    assert len(runs) == 5 and {r.data.tags.get("code") for r in runs if "mlflow.parentRunId" not in r.data.tags} == {"venv"}
-
-
-def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, tmp_path):
-    _prepare(tmp_path / "results")
-    logs = tmp_path / "logs"
-    done = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out", str(HEAD)],
-                          capture_output=True, text=True, env=_env(cluster, tmp_path, {}), cwd=tmp_path, timeout=60)
-    assert done.returncode == 0, done.stderr
-    job_id = done.stdout.strip().split(";")[0]
-    head_log = logs / f"ray_head_bloom_5epochs-{job_id}.out"
+def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, prepared, tmp_path):
+    job_id, head_log = _submit_nowait(cluster, tmp_path, prepared)
+    logs = head_log.parent
     deadline = time.monotonic() + 300
     while "iterations  " not in (head_log.read_text() if head_log.is_file() else ""):  # a trial has reported
         assert time.monotonic() < deadline and cluster.run("squeue", "-h", "-j", job_id).stdout.strip(), \
@@ -343,7 +331,7 @@ def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, tmp_path):
         time.sleep(0.5)
     text = head_log.read_text()
     assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M), text[-3000:]
-    workers = [p.stem.rsplit("-", 1)[1] for p in logs.glob("ray_worker_bloom_5epochs-*.out")]
+    workers = [p.stem.rsplit("-", 1)[1] for p in logs.glob("hpo-head-worker-*.out")]
     _assert_nothing_left(job_id, *workers)
 
 
@@ -353,16 +341,14 @@ def _submit_nowait(cluster, tmp: Path, extra_env: dict[str, str]) -> tuple[str, 
                           capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=60)
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().split(";")[0]
-    return job_id, logs / f"ray_head_bloom_5epochs-{job_id}.out"
+    return job_id, logs / f"hpo-head-{job_id}.out"
 
 
 def _results_in(results: Path, *, node: str = "") -> int:
-    from harness.contract import events
-
     total = 0
     for folder in results.glob("*/events.jsonl"):
         total += sum(e["event"] == "trial_result" and (not node or e["row"].get("node_ip") == node)
-                     for e in events.read(folder.parent))
+                     for e in events.read(folder))
     return total
 
 
@@ -382,45 +368,72 @@ def _wait_for_empty_queue(cluster, timeout: float = 180) -> None:
         time.sleep(1)
 
 
-def test_usr1_before_the_time_limit_stops_the_head_job_and_resume_continues_under_one_mlflow_parent(cluster, tmp_path):
-    _prepare(tmp_path / "results")
-    job_id, head_log = _submit_nowait(cluster, tmp_path, {})
-    _wait_until(cluster, job_id, head_log, lambda: _results_in(tmp_path / "results") >= 4, "no results")
-    assert cluster.run("scancel", "--signal=USR1", "--batch", job_id).returncode == 0
-    _wait_for_empty_queue(cluster)
-    text = head_log.read_text()
-    assert "SIGUSR1: the time limit is near" in text and "head job done (exit 75)" in text, text[-3000:]
-    assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
-    (run_dir,) = [p.parent for p in (tmp_path / "results").glob("*/events.jsonl")]
-    assert RunRecord.load(run_dir).stopped
+def test_manual_in_the_head_job_alone_stops_on_usr1_resumes_under_one_mlflow_parent_and_never_logs_the_password(
+        cluster, prepared, tmp_path):
+    """The manual grid through the head job (no Ray, no worker jobs, from .venv) against a real
+    `mlflow server` whose URI holds a password. SLURM's --signal=B:USR1@120 reaches the head job,
+    which forwards it to the driver: the grid stops after the iteration in flight (exit 75, its
+    checkpoint kept); resubmitting with RESUME= skips the finished combination and finishes under
+    the same MLflow runs. No log line anywhere shows the password. (Ray Tune's USR1 and resume:
+    tests/test_faults.py.)"""
+    (tmp_path / "results" / "server").mkdir(parents=True)
+    with serve_mlflow(tmp_path / "results" / "server" / "mlflow.db") as port:
+        uri = f"http://alice:s3cret-pw@127.0.0.1:{port}"
+        # two combinations of ten short iterations: USR1 lands while one is in flight
+        small = {"STRATEGY": "manual", "MLFLOW_TRACKING_URI": uri, **prepared,
+                 "HARNESS_ARGS": "--set budget.trial_iterations=20 --set train.iterations=10 --bs-choices 1 --wd-choices 0.0"}
+        job_id, head_log = _submit_nowait(cluster, tmp_path, small)
+        _wait_until(cluster, job_id, head_log, lambda: _results_in(tmp_path / "results") >= 3, "no results")
+        assert cluster.run("scancel", "--signal=USR1", "--batch", job_id).returncode == 0
+        _wait_for_empty_queue(cluster)
+        text = head_log.read_text()
+        assert "SIGUSR1: the time limit is near" in text and "head job done (exit 75)" in text, text[-3000:]
+        assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
+        assert "runs sequentially in this job: no Ray, no worker jobs" in text and "code: the virtual environment" in text
+        assert "ray start" not in text and not (tmp_path / "jobs" / job_id).exists()
+        assert f"MLflow: http://***@127.0.0.1:{port}" in text
+        (run_dir,) = [p.parent for p in (tmp_path / "results").glob("*/events.jsonl")]
+        stopped = RunDir(run_dir).record()
+        (in_flight,) = [t for t in stopped.trials if t.status == "RUNNING"]
+        assert stopped.stopped and (RunDir(run_dir).manual_checkpoints / in_flight.trial_id).is_dir()
 
-    rc, log, resumed_id = _submit(cluster, tmp_path, {"RESUME": str(run_dir)})
-    assert rc == 0, log.read_text()[-4000:]
-    record = RunRecord.load(run_dir)
-    assert not record.stopped and len(record.resumes) == 1
-    assert all(t.status == "TERMINATED" and [r["iteration"] for r in t.history] == [1, 2, 3] for t in record.trials)
-    runs = runs_of("hpo-smoke", f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
-    assert len(runs) == 5 and sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1
+        rc, log, resumed_id = _submit(cluster, tmp_path, {**small, "RESUME": str(run_dir)}, name="hpo-manual-smoke")
+        assert rc == 0, log.read_text()[-4000:]
+        runs = runs_of("hpo-smoke", f"http://127.0.0.1:{port}")
+    record = RunDir(run_dir).record()
+    assert not record.stopped and len(record.resumes) == 1 and record.resumes[0]["redone_iterations"] == 0
+    assert [[r.iteration for r in t.history] for t in record.trials] == [list(range(1, 11))] * 2
+    trained = [(e["trial_id"], e["row"]["iteration"]) for e in events.read(RunDir(run_dir).events_file)
+               if e["event"] == "trial_result"]
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == 20, \
+        "no iteration trained twice: finished combinations are skipped, the stopped one goes on from its checkpoint"
+    out = _collect(log)
+    assert len([line for line in out.splitlines() if re.match(r"\| c0[12] \|", line)]) == 2
+    assert re.search(r"^\| job start \| .* \|$", out, re.M) and "| total job time |" in out
+    assert not list((tmp_path / "logs").glob("*-worker-*"))
+    for where in [head_log, log, run_dir / "harness.log", *run_dir.rglob("*.log")]:
+        assert "s3cret-pw" not in where.read_text(errors="replace"), where
+    assert len(runs) == 3 and sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1
     assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags.get("code") for r in runs if "mlflow.parentRunId" not in r.data.tags} == {"venv"}
     _assert_nothing_left(job_id, resumed_id)
 
 
-def test_a_worker_job_cancelled_mid_run_costs_only_its_in_flight_iterations(cluster, tmp_path):
-    _prepare(tmp_path / "results")
-    job_id, head_log = _submit_nowait(cluster, tmp_path, {})
+def test_a_worker_job_cancelled_mid_run_costs_only_its_in_flight_iterations(cluster, prepared, tmp_path):
+    job_id, head_log = _submit_nowait(cluster, tmp_path, prepared)
     _wait_until(cluster, job_id, head_log, lambda: _results_in(tmp_path / "results", node="127.0.0.3") >= 1,
                 "no result from the worker node")
-    (worker_log,) = (tmp_path / "logs").glob("ray_worker_bloom_5epochs-*.out")
+    (worker_log,) = (tmp_path / "logs").glob("hpo-head-worker-*.out")
     worker_id = worker_log.stem.rsplit("-", 1)[1]
     assert cluster.run("scancel", worker_id).returncode == 0
     _wait_for_empty_queue(cluster, timeout=600)
     text = head_log.read_text()
     assert "head job done (exit 0)" in text, text[-4000:]
     (run_dir,) = [p.parent for p in (tmp_path / "results").glob("*/events.jsonl")]
-    record = RunRecord.load(run_dir)
-    assert all(t.status == "TERMINATED" and [r["iteration"] for r in t.history] == [1, 2, 3] for t in record.trials)
+    record = RunDir(run_dir).record()
+    assert all(t.status == "TERMINATED" and [r.iteration for r in t.history] == [1, 2, 3] for t in record.trials)
     retried = [t for t in record.trials if t.retries]
     assert retried, "the worker's trials were restarted"
-    assert all(row["node_ip"] == "127.0.0.2" for t in retried for row in t.history[-1:])
+    assert all(row.node_ip == "127.0.0.2" for t in retried for row in t.history[-1:])
     print(f"retried after losing the worker: {[(t.name, t.retries) for t in retried]}")
     _assert_nothing_left(job_id, worker_id)

@@ -31,7 +31,8 @@ LOCK_IN_IMAGE = "/opt/harness/requirements.lock"
 #: The torch build the image installs (CUDA 12.6 still covers V100 as well as H100/H200).
 TORCH_LOCAL_LABEL = "cu126"
 #: Only the tests and the dev tools (this linter's spython) need these; the image does not carry them.
-TEST_ONLY = {"pytest", "pytest-benchmark", "iniconfig", "pluggy", "py-cpuinfo2", "playwright", "greenlet", "spython"}
+TEST_ONLY = {"pytest", "pytest-benchmark", "pytest-xdist", "execnet", "iniconfig", "pluggy", "py-cpuinfo2", "playwright",
+             "greenlet", "spython"}
 
 SECTIONS = {"setup", "files", "environment", "post", "runscript", "startscript", "test", "labels", "help",
             "arguments"}
