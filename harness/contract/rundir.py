@@ -26,6 +26,16 @@ from harness.contract.errors import InputError
 from harness.contract.record import RunRecord
 
 
+class _In:
+    """A path inside the run folder (a descriptor: ``run_dir.config_file`` is ``<run>/config.json``)."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    def __get__(self, run_dir: RunDir | None, owner: type) -> Any:
+        return self if run_dir is None else run_dir.path.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -33,50 +43,19 @@ class RunDir:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path).resolve())
 
-    # -- the layout -------------------------------------------------------------------------
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def events_file(self) -> Path:
-        return self.path / "events.jsonl"
-
-    @property
-    def record_file(self) -> Path:
-        return self.path / "run_record.json"
-
-    @property
-    def spool_file(self) -> Path:
-        return self.path / "mlflow_spool.jsonl"
-
-    @property
-    def manual_checkpoints(self) -> Path:
-        return self.path / "manual_checkpoints"
-
-    @property
-    def tables_dir(self) -> Path:
-        return self.path / "tables"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "harness.log"
-
-    @property
-    def ray_logs(self) -> Path:
-        return self.path / "logs" / "ray"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.path / "strategy_artifacts"
-
-    @property
-    def experiment_dir(self) -> Path:
-        """Ray Tune's experiment folder (``RunConfig(storage_path=<run>, name="ray")``)."""
-        return self.path / self.experiment_name
-
+    # -- the layout, one line each -------------------------------------------------------------
     experiment_name = "ray"
+    config_file = _In("config.json")
+    events_file = _In("events.jsonl")
+    record_file = _In("run_record.json")
+    spool_file = _In("mlflow_spool.jsonl")
+    manual_checkpoints = _In("manual_checkpoints")
+    tables_dir = _In("tables")
+    log_file = _In("harness.log")
+    ray_logs = _In("logs", "ray")
+    artifacts_dir = _In("strategy_artifacts")
+    experiment_dir = _In(experiment_name)
+    """Ray Tune's experiment folder (``RunConfig(storage_path=<run>, name=experiment_name)``)."""
 
     def __str__(self) -> str:
         return str(self.path)

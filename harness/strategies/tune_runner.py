@@ -88,13 +88,16 @@ def cluster_slots(cfg: ExperimentConfig) -> int:
 
     r = cfg.resources
     shape = TrialShape(r.workers_per_trial, r.cpus_per_worker, r.gpus_per_worker)
-    slots = sum(
-        trials_per_node(Node(cpus=n["Resources"].get("CPU", 0), gpus=n["Resources"].get("GPU", 0)), shape)
-        for n in ray.nodes() if n.get("Alive")
-    )
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    per_node = {n.get("NodeManagerAddress", "?"): trials_per_node(
+        Node(cpus=n["Resources"].get("CPU", 0), gpus=n["Resources"].get("GPU", 0)), shape) for n in nodes}
+    slots = sum(per_node.values())
     capped = ray.cluster_resources().get(SLOT_RESOURCE)
     if capped:
         slots = min(slots, int(capped))
+    # in the run's log: which nodes Ray offered, and how many trials each holds at once
+    log.info("Ray offers %d node(s): %s; %d slot(s)", len(nodes),
+             ", ".join(f"{ip} holds {n}" for ip, n in sorted(per_node.items())), max(1, slots))
     return max(1, slots)
 
 
