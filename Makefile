@@ -105,6 +105,7 @@ submit-%: $(STAMP) ## submit the SLURM head job for strategy % on SUBMIT_PRESET 
 # worker jobs of the same size (hpo-<strategy>-<preset>-worker). A strategy that needs no Ray
 # (job-plan says USES_RAY=0: the sequential grid) runs in the head job alone.
 define submit
+	@[[ "$(origin STRATEGY)" != "command line" || "$(STRATEGY)" == "$(1)" ]] || { echo "error: STRATEGY=$(STRATEGY) no longer chooses what make submit-$(1) runs; run make submit-$(STRATEGY)" >&2; exit 2; }
 	plan="$$(HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness job-plan --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS))"; \
 	if [[ "$$plan" == *USES_RAY=1* ]]; then $(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) \
 	  --nodes $$(( $(NUM_WORKERS) + 1 )) --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS); fi

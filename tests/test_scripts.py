@@ -102,6 +102,13 @@ def test_the_seed_example_submits_node_sized_jobs_with_the_documented_defaults(t
     assert "WORKER_SBATCH_ARGS=--cpus-per-task=20 --gres=gpu:8" in text
 
 
+def test_the_old_strategy_variable_of_make_submit_is_refused_with_the_target_to_use(tmp_path):
+    calls, env = _fake_sbatch(tmp_path)
+    done = _make(env, "submit-pbt", "STRATEGY=fifo", "SIF=none")
+    assert done.returncode == 2 and not calls.exists()
+    assert done.stderr.splitlines()[0] == "error: STRATEGY=fifo no longer chooses what make submit-pbt runs; run make submit-fifo"
+
+
 def test_make_submit_manual_uses_the_head_job_and_refuses_without_an_image(tmp_path):
     calls, env = _fake_sbatch(tmp_path)
     cache = _prepared_seed_cache(tmp_path / "cache")
