@@ -8,6 +8,7 @@ import random
 import pytest
 
 from harness.reporting import quiz
+from harness.reporting.report import comparison_rows
 from harness.reporting.analysis import (
     aggregate, anytime, bootstrap_ci, concurrency, early_stopping, estimate, lineage_waste, merge, pairwise,
     segment_iteration_times, summarize, trial_intervals,
@@ -101,6 +102,21 @@ def test_iterations_that_a_clone_carries_on_are_not_waste():
     # lost: y's own iteration 1 (overwritten by x's) and x's iteration 2 (x restarted from z's 2);
     # x's iteration 1 lives on in y
     assert lineage_waste(rec) == (2, 20.0)
+
+
+def test_an_iteration_run_twice_counts_in_the_budget_the_time_and_the_waste():
+    # b's iteration 2 at 20 s is lost (a fault); b trains iteration 2 again from its checkpoint at 1
+    a = [_row(1, 10, 10, 2.0), _row(2, 20, 10, 1.5), _row(3, 30, 10, 1.0)]
+    b = [_row(1, 10, 10, 2.2, started_from="b@0"), _row(2, 20, 10, 1.8, started_from="b@1"),
+         _row(2, 31, 9, 1.7, started_from="b@1"), _row(3, 40, 9, 1.6, started_from="b@2")]
+    rec = _record("fifo", [("a", a, "TERMINATED"), ("b", b, "TERMINATED")], wall=40)
+    (trial_b,) = [t for t in rec.trials if t.trial_id == "b"]
+    assert [r.iteration for r in trial_b.history] == [1, 2, 3] and len(trial_b.superseded) == 1
+    s = summarize(rec)
+    assert (s.iterations_run, s.rerun_iterations, s.sum_runtime_s) == (7, 1, 68.0)
+    assert lineage_waste(rec) == (1, 10.0)  # the first iteration 2 lives in no final model
+    (agg,) = aggregate([s])
+    assert comparison_rows([agg])[0]["rerun_iterations"] == 1
 
 
 def test_segments_start_where_a_trial_restarts():

@@ -60,16 +60,44 @@ def test_iterations_reported_again_after_a_resume_replace_the_old_ones_and_count
     (resume,) = record.resumes
     assert (resume["redone_iterations"], resume["redone_s"]) == (1, 2.5)
     assert resume["down_s"] >= 0 and record.slots == 2 and events.complete(record)
+    # the first iteration 2 is kept beside the history, and counted: 4 iterations trained, 7.5 trial-s
+    assert [r.time_this_iter_s for r in trial.superseded] == [2.5]
+    assert (record.iterations_run, record.rerun_iterations, trial.runtime_s) == (4, 1, 6.5)
 
 
-def test_within_one_driver_an_exploit_back_to_an_earlier_iteration_keeps_every_row(tmp_path):
+def test_an_iteration_run_twice_keeps_both_rows_each_with_the_checkpoint_it_started_from(tmp_path):
     _log(tmp_path,
          ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
-         ("trial_result", {"trial_id": "t_00000", "row": _row(1)}),
-         ("trial_result", {"trial_id": "t_00000", "row": _row(2)}),
-         ("trial_result", {"trial_id": "t_00000", "row": _row(2, exploited_from="t_00001")}))
-    (trial,) = RunDir(tmp_path).replay().trials
-    assert [r.iteration for r in trial.history] == [1, 2, 2]
+         ("trial_result", {"trial_id": "t_00000", "row": _row(1, started_from="base")}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, started_from="t_00000@1")}),
+         # an exploit that restored the donor's iteration 1: iteration 2 again, from another checkpoint
+         ("trial_result", {"trial_id": "t_00000", "row": _row(2, exploited_from="t_00001", started_from="t_00001@1",
+                                                              segment_start_iteration=1)}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(3, started_from="t_00000@2")}))
+    record = RunDir(tmp_path).replay()
+    (trial,) = record.trials
+    assert [(r.iteration, r.started_from) for r in trial.history] == [(1, "base"), (2, "t_00001@1"), (3, "t_00000@2")]
+    assert [(r.iteration, r.started_from) for r in trial.superseded] == [(2, "t_00000@1")]
+    assert (record.iterations_run, record.rerun_iterations, record.iterations_done) == (4, 1, 3)
+    assert record.resumes == []  # not a fault: nothing counts as redone after a resume
+    again = json.loads(RunDir(tmp_path).save_record(record).read_text())["trials"][0]["superseded"]
+    assert [(r["iteration"], r["started_from"]) for r in again] == [(2, "t_00000@1")]
+
+
+def test_a_resume_without_ray_tune_state_discards_the_trials_it_knew_and_counts_their_work(tmp_path):
+    _log(tmp_path,
+         ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}),
+         ("trial_started", {"trial_id": "t_00001", "name": "b", "config": {}}),
+         ("trial_result", {"trial_id": "t_00000", "row": _row(1, t=3.0)}),
+         ("resumed", {"tune_state": False}),
+         ("trials_discarded", {"trial_ids": ["t_00000", "t_00001"], "iterations": 1}),
+         ("trial_started", {"trial_id": "u_00000", "name": "a", "config": {}}),
+         ("trial_result", {"trial_id": "u_00000", "row": _row(1)}))
+    record = RunDir(tmp_path).replay()
+    assert [t.trial_id for t in record.trials] == ["u_00000"]
+    assert [t.trial_id for t in record.discarded] == ["t_00000", "t_00001"]
+    assert (record.iterations_run, record.rerun_iterations) == (2, 1)
+    assert (record.resumes[0]["redone_iterations"], record.resumes[0]["redone_s"]) == (1, 3.0)
 
 
 def test_the_record_saved_from_events_loads_back(tmp_path):

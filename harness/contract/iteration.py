@@ -53,6 +53,12 @@ PURE_PHASES = ("train", "eval")
 METRICS = ("eval_loss", "train_loss")
 
 
+def checkpoint_name(trial_id: str, iteration: int) -> str:
+    """How :attr:`IterationReport.started_from` names a checkpoint: ``<trial id>@<iteration>``
+    (``base``: the base model, before any iteration)."""
+    return f"{trial_id}@{iteration}" if iteration else "base"
+
+
 def phase_key(phase: str) -> str:
     """The flat name of a phase's seconds, as Ray Tune and MLflow carry it: ``phase_train_s``."""
     return f"phase_{phase}_s"
@@ -91,6 +97,11 @@ class IterationReport:
     """The iteration the segment started from: where a trial (re)starts, from its own or a donor's checkpoint."""
     exploited_from: str = ""
     """The donor trial, on the first iteration after a PBT exploit."""
+    started_from: str = ""
+    """The checkpoint this iteration trained from: ``<trial id>@<iteration>`` (the trial's own, or
+    its donor's after an exploit), ``base`` for the base model. Two rows of one trial with the same
+    iteration are the same iteration run twice (after a fault, or an exploit that went back); this
+    says where each began."""
     phases: Mapping[str, float] = field(default_factory=dict)
     """Seconds per phase (:data:`PHASES`), as measured in this iteration."""
 
@@ -147,8 +158,8 @@ class Iteration(IterationReport):
         """The flat JSON form of the event log and ``run_record.json``."""
         return self.metrics()
 
-    #: The numbers MLflow logs per iteration (step = the trial's own iteration).
-    LOGGED = ("eval_loss", "train_loss", *HPARAMS, "optimizer_lr", "optimizer_weight_decay", "epoch",
+    #: The numbers MLflow logs per iteration (step: the iterations the trial has trained, reruns included).
+    LOGGED = ("iteration", "eval_loss", "train_loss", *HPARAMS, "optimizer_lr", "optimizer_weight_decay", "epoch",
               "time_this_iter_s")
 
     def logged_metrics(self) -> dict[str, float]:

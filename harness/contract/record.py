@@ -57,6 +57,11 @@ class TrialRecord:
     error: str = ""
     retries: int = 0
     """Times the trial failed and was restarted from its last checkpoint (``tune.max_failures``)."""
+    superseded: list[Iteration] = field(default_factory=list)
+    """Rows the trial trained and then went back behind: an iteration run again after a fault, or
+    after an exploit that restored an earlier checkpoint. ``history`` is what the trial continued
+    from; these are kept beside it (each with the checkpoint it started from) because they were
+    trained: the budget and the trial's time count them."""
 
     @property
     def label(self) -> str:
@@ -82,9 +87,19 @@ class TrialRecord:
         return math.nan if value is None else float(value)
 
     @property
+    def all_rows(self) -> list[Iteration]:
+        """Every iteration the trial trained, superseded ones included, in the order they arrived."""
+        return sorted(self.history + self.superseded, key=lambda r: r.received_at or 0.0)
+
+    @property
+    def rows_run(self) -> int:
+        """Iterations trained by this trial (reruns included): what the budget counts."""
+        return len(self.history) + len(self.superseded)
+
+    @property
     def runtime_s(self) -> float:
-        """Seconds this trial spent training and evaluating (its own iterations only)."""
-        return float(sum(row.seconds for row in self.history))
+        """Seconds this trial spent training and evaluating (its own iterations, reruns included)."""
+        return float(sum(row.seconds for row in self.history + self.superseded))
 
     @property
     def exploits(self) -> list[dict[str, Any]]:
@@ -99,12 +114,14 @@ class TrialRecord:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["status"] = str(self.status)
         out["history"] = [row.to_dict() for row in self.history]
+        out["superseded"] = [row.to_dict() for row in self.superseded]
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrialRecord:
         values = dict(data)
         values["history"] = [Iteration.from_metrics(row) for row in values.get("history", [])]
+        values["superseded"] = [Iteration.from_metrics(row) for row in values.get("superseded", [])]
         return cls(**values)
 
 
@@ -131,6 +148,11 @@ class RunRecord:
     """Why the run stopped before its trials were done (SIGUSR1 before a time limit), or ""."""
     last_event_at: float = 0.0
     """When the newest event was written (the run's end, if it never wrote ``run_finished``)."""
+    tracking: bool = True
+    """Whether the run writes MLflow runs (``--no-mlflow``: not), as its first driver was told."""
+    discarded: list[TrialRecord] = field(default_factory=list)
+    """Trials of a driver that died before Ray Tune saved any state: a resume starts the work over
+    as new trials, and these are kept for the accounting (their iterations were trained)."""
     _since_resume: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
@@ -159,6 +181,17 @@ class RunRecord:
     def iterations_done(self) -> int:
         return sum(t.iterations for t in self.trials)
 
+    @property
+    def iterations_run(self) -> int:
+        """Trial-iterations trained, each once however often it ran (reruns and discarded trials
+        included): what the budget counts."""
+        return sum(t.rows_run for t in self.trials + self.discarded)
+
+    @property
+    def rerun_iterations(self) -> int:
+        """Iterations trained again: superseded rows, and the discarded trials' rows."""
+        return sum(len(t.superseded) for t in self.trials) + sum(t.rows_run for t in self.discarded)
+
     # -- the fold: one event at a time, in the order they were written ---------------------
 
     @classmethod
@@ -166,22 +199,23 @@ class RunRecord:
         """The record a ``run_started`` event opens."""
         return cls(strategy=event["strategy"], preset=event["preset"], seed=int(event["seed"]), config=event["config"],
                    started_at=float(event["at"]), budget_trial_iterations=int(event["budget"]),
-                   last_event_at=float(event["at"]))
+                   last_event_at=float(event["at"]), tracking=bool(event.get("tracking", True)))
 
     def apply(self, event: Mapping[str, Any]) -> None:
         """Fold one later event into the record.
 
-        After a resume, Ray Tune (or the manual grid) continues each trial from the last
-        checkpoint it had saved, so a trial's first report after it can repeat iterations the
-        record holds (PBT exploits included): the new report wins, and the earlier rows from that
-        iteration on count as redone work (``resumes``: how many iterations, how many
-        trial-seconds, and how long the run was down). Within one driver's lifetime nothing is
-        dropped: an asynchronous PBT exploit that goes back to a donor's earlier iteration is the
-        lineage analysis's business.
+        A trial can report an iteration it has reported before: after a resume Ray Tune (or the
+        manual grid) continues each trial from the last checkpoint it had saved, and a PBT exploit
+        can restore a checkpoint older than the trial's last iteration. The new row is what the
+        trial continues from; the earlier rows from that iteration on move to the trial's
+        ``superseded`` rows (kept, and counted as trained). After a resume they also count as
+        redone work (``resumes``: how many iterations, how many trial-seconds, and how long the
+        run was down). A resume that found no Ray Tune state discards the trials it knew
+        (``trials_discarded``): their work starts over as new trials.
         """
         kind, at = event["event"], float(event["at"])
         if kind == "mlflow_parent":
-            self.mlflow_run_id = event["run_id"]
+            self.mlflow_run_id, self.tracking = event["run_id"], True
         elif kind == "mlflow_child":
             self.mlflow_children[event["trial_id"]] = event["run_id"]
         elif kind == "trial_started":
@@ -200,6 +234,13 @@ class RunRecord:
         elif kind == "trial_ended":
             rec = self.trial(event["trial_id"])
             rec.status, rec.ended_at, rec.error = Status(event["status"]), at, event.get("error", "")
+        elif kind == "trials_discarded":
+            gone = [t for t in self.trials if t.trial_id in set(event["trial_ids"])]
+            self.trials = [t for t in self.trials if t not in gone]
+            self.discarded.extend(gone)
+            if self.resumes:
+                self.resumes[-1]["redone_iterations"] += sum(t.rows_run for t in gone)
+                self.resumes[-1]["redone_s"] += sum(t.runtime_s for t in gone)
         elif kind == "resumed":
             self._since_resume = {t.trial_id for t in self.trials}
             self.resumes.append({"at": at, "down_s": at - self.last_event_at, "redone_iterations": 0, "redone_s": 0.0})
@@ -210,12 +251,14 @@ class RunRecord:
         self.last_event_at = at
 
     def _add_row(self, rec: TrialRecord, row: Iteration) -> None:
-        if rec.trial_id in self._since_resume:
-            self._since_resume.discard(rec.trial_id)
-            redone = [r for r in rec.history if r.iteration >= row.iteration]
-            self.resumes[-1]["redone_iterations"] += len(redone)
-            self.resumes[-1]["redone_s"] += sum(r.seconds for r in redone)
-            rec.history = [r for r in rec.history if not any(r is d for d in redone)]
+        redone = [r for r in rec.history if r.iteration >= row.iteration]
+        if redone:
+            rec.history = [r for r in rec.history if r.iteration < row.iteration]
+            rec.superseded.extend(redone)
+            if rec.trial_id in self._since_resume:
+                self.resumes[-1]["redone_iterations"] += len(redone)
+                self.resumes[-1]["redone_s"] += sum(r.seconds for r in redone)
+        self._since_resume.discard(rec.trial_id)
         rec.history.append(row)
 
     # -- the saved form ---------------------------------------------------------------------
@@ -223,6 +266,7 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
         out["trials"] = [t.to_dict() for t in self.trials]
+        out["discarded"] = [t.to_dict() for t in self.discarded]
         out["wall_s"] = self.wall_s
         return out
 
@@ -236,6 +280,7 @@ class RunRecord:
         names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
         values = {k: v for k, v in data.items() if k in names}
         values["trials"] = [TrialRecord.from_dict(t) for t in data["trials"]]
+        values["discarded"] = [TrialRecord.from_dict(t) for t in data.get("discarded", [])]
         if not values.get("last_event_at"):
             values["last_event_at"] = float(values.get("finished_at") or values["started_at"])
         return cls(**values)

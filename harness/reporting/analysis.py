@@ -55,7 +55,7 @@ def merge(intervals: list[Interval]) -> list[Interval]:
 def trial_intervals(trial: TrialRecord, lo: float = -math.inf, hi: float = math.inf) -> list[Interval]:
     """Busy intervals of one trial, one per reported iteration, clipped to [lo, hi] and merged."""
     raw = []
-    for row in trial.history:
+    for row in trial.all_rows:
         end = row.received_at
         if end is None:
             continue
@@ -105,8 +105,9 @@ def iteration_seconds(trial: TrialRecord) -> float:
 
 def iterations_run(record: RunRecord) -> int:
     """Trial-iterations trained: every reported row is one iteration of training (an exploited
-    trial's iterations count where they were trained, whoever inherits them)."""
-    return sum(len(t.history) for t in record.trials)
+    trial's iterations count where they were trained, whoever inherits them; an iteration run
+    twice counts twice)."""
+    return record.iterations_run
 
 
 def early_stopping(record: RunRecord) -> tuple[int, int, float]:
@@ -129,30 +130,34 @@ def early_stopping(record: RunRecord) -> tuple[int, int, float]:
 def lineage_waste(record: RunRecord) -> tuple[int, float]:
     """(iterations, trial-seconds) that no final model embodies: PBT's discarded work.
 
-    Each reported row is a checkpoint; its parent is the trial's previous row, or, for the first
-    row after an exploit, the donor's row at the restored iteration (the newest one reported
-    before the exploit). The final models are each trial's last row; every row not among their
-    ancestors was trained and then overwritten.
+    Each reported row is a checkpoint; its parent is the newest row of the same trial one
+    iteration earlier that arrived before it, or, for the first row after an exploit, the donor's
+    newest row at the restored iteration. The final models are each trial's last row; every row
+    not among their ancestors (superseded rows and discarded trials included) was trained and
+    then overwritten.
     """
     rows: dict[tuple[str, int], Iteration] = {}
     parent: dict[tuple[str, int], tuple[str, int] | None] = {}
-    by_id = {t.trial_id: t for t in record.trials}
-    for t in record.trials:
-        for i, row in enumerate(t.history):
-            node = (t.trial_id, i)
-            rows[node] = row
+    arrived = {t.trial_id: t.all_rows for t in record.trials + record.discarded}
+
+    def newest(trial_id: str, iteration: int, before: float) -> tuple[str, int] | None:
+        found = [j for j, r in enumerate(arrived.get(trial_id, []))
+                 if r.iteration == iteration and (r.received_at or 0) <= before]
+        return (trial_id, found[-1]) if found else None
+
+    for trial_id, trial_rows in arrived.items():
+        for i, row in enumerate(trial_rows):
+            rows[(trial_id, i)] = row
+            before = row.received_at or math.inf
             donor = row.exploited_from
-            if donor and donor in by_id:
-                restored = int(row.segment_start_iteration or 0)
-                before = row.received_at or math.inf
-                candidates = [j for j, r in enumerate(by_id[donor].history)
-                              if r.iteration == restored and (r.received_at or 0) <= before]
-                parent[node] = (donor, candidates[-1]) if candidates else None
+            if donor:
+                parent[(trial_id, i)] = newest(donor, int(row.segment_start_iteration or 0), before)
             else:
-                parent[node] = (t.trial_id, i - 1) if i > 0 else None
+                parent[(trial_id, i)] = newest(trial_id, row.iteration - 1, before) if row.iteration > 1 else None
     kept: set[tuple[str, int]] = set()
     for t in record.trials:
-        node: tuple[str, int] | None = (t.trial_id, len(t.history) - 1) if t.history else None
+        last = t.last
+        node = next(((t.trial_id, i) for i, r in enumerate(arrived[t.trial_id]) if r is last), None)
         while node is not None and node not in kept:
             kept.add(node)
             node = parent.get(node)
@@ -164,7 +169,7 @@ def distinct_configs(record: RunRecord) -> int:
     """Distinct (lr, batch size, weight decay) combinations that were trained, mutations included."""
     seen = set()
     for t in record.trials:
-        for row in t.history:
+        for row in t.all_rows:
             values = tuple(row.hparams.as_dict().values())
             if all(v is not None for v in values):
                 seen.add(tuple(round(float(v), 12) for v in values))
@@ -174,7 +179,7 @@ def distinct_configs(record: RunRecord) -> int:
 def best_value(record: RunRecord) -> float:
     """The best metric value any trial reported at any iteration."""
     metric, mode = metric_of(record)
-    values = [v for t in record.trials for row in t.history if (v := row.metric(metric)) is not None]
+    values = [v for t in record.trials for row in t.all_rows if (v := row.metric(metric)) is not None]
     return better(mode)(values) if values else math.nan
 
 
@@ -196,7 +201,7 @@ def segment_iteration_times(record: RunRecord) -> tuple[list[float], list[float]
 
 def phase_seconds(record: RunRecord) -> dict[str, float]:
     """Σ seconds per phase over all rows (phases a record lacks count 0)."""
-    return {p: float(sum(row.phases.get(p) or 0.0 for t in record.trials for row in t.history)) for p in PHASES}
+    return {p: float(sum(row.phases.get(p) or 0.0 for t in record.trials for row in t.all_rows)) for p in PHASES}
 
 
 def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
@@ -204,7 +209,7 @@ def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
     reported iteration, in arrival order: the anytime curve of HPO benchmarks."""
     metric, mode = metric_of(record)
     pick = better(mode)
-    rows = sorted((row for t in record.trials for row in t.history if row.received_at is not None),
+    rows = sorted((row for t in record.trials for row in t.all_rows if row.received_at is not None),
                   key=lambda r: r.received_at)
     out, spent, best = [], 0.0, math.nan
     for row in rows:
@@ -228,6 +233,7 @@ class Summary:
     retries: int  # failures a trial survived by restarting from its last checkpoint
     resumes: int  # times the run was continued with --resume after its driver died or stopped
     redone_iterations: int  # iterations trained again after a resume (not yet checkpointed)
+    rerun_iterations: int  # iterations run twice for any reason (faults, exploits going back), counted in iterations_run
     time_lost_s: float  # down time between a fault and its resume + trial-seconds redone
     trials_without_result: int
     budget_trial_iterations: int
@@ -295,6 +301,7 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         retries=sum(t.retries for t in record.trials),
         resumes=len(record.resumes),
         redone_iterations=sum(r["redone_iterations"] for r in record.resumes),
+        rerun_iterations=record.rerun_iterations,
         time_lost_s=sum(r["down_s"] + r["redone_s"] for r in record.resumes),
         trials_without_result=sum(not t.history for t in record.trials),
         budget_trial_iterations=record.budget_trial_iterations,
@@ -365,7 +372,8 @@ MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall"
            "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
            "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
            "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",
-           "trials_without_result", "completed_all_iterations", "retries", "resumes", "redone_iterations", "time_lost_s")
+           "trials_without_result", "completed_all_iterations", "retries", "resumes", "redone_iterations", "rerun_iterations",
+           "time_lost_s")
 
 
 @dataclass

@@ -68,6 +68,11 @@ def job_table(record: RunRecord) -> Table:
     for r in record.resumes:  # one run, continued: what each fault cost
         rows.append(["resumed", f"{timestamp(r['at'])} after {r['down_s']:.1f} s down; {r['redone_iterations']} "
                                 f"iteration(s) trained again ({r['redone_s']:.1f} trial-s)"])
+    if record.rerun_iterations:  # both rows are in run_record.json: the trial's history and its superseded rows
+        again = [f"{t.label} {r.iteration} (first from {r.started_from or '?'})" for t in record.trials
+                 for r in t.superseded]
+        again += [f"{t.label} {r.iteration} (discarded trial)" for t in record.discarded for r in t.all_rows]
+        rows.append(["iterations run twice", f"{record.rerun_iterations}, counted in the budget: {', '.join(again)}"])
     if record.stopped:
         rows.append(["stopped", f"{record.stopped}: continue with python -m harness run --resume <this run folder>"])
     errored = [t.label for t in record.trials if t.status == Status.ERROR]
@@ -145,7 +150,7 @@ COMPARISON_COLUMNS = [
     ("first_iteration_ratio", "1st/later iteration"), ("early_stop_avoided_s", "avoided by early stop (trial-s)"),
     ("discarded_s", "discarded by exploits (trial-s)"), ("exploits", "exploits"),
     ("distinct_configs", "distinct configs"), ("errored", "errored trials"), ("retries", "trial retries"),
-    ("resumes", "resumes"), ("time_lost_s", "time lost to faults (s)"),
+    ("resumes", "resumes"), ("rerun_iterations", "iterations run twice"), ("time_lost_s", "time lost to faults (s)"),
 ]
 
 
@@ -190,14 +195,14 @@ def comparison_table(aggregates: list[Any]) -> Table:
             f"{row['slot_utilization']:.0%}" if not math.isnan(row["slot_utilization"]) else "",
             num(row["overhead_ratio"], 2), num(row["first_iteration_ratio"], 2), num(row["early_stop_avoided_s"]),
             num(row["discarded_s"]), num(row["exploits"], 0), num(row["distinct_configs"], 0),
-            num(row["errored"], 0), num(row["retries"], 0), num(row["time_lost_s"]),
+            num(row["errored"], 0), num(row["retries"], 0), num(row["rerun_iterations"], 0), num(row["time_lost_s"]),
         ])
     return Table("comparison", "Strategies side by side (medians across seeds, [bootstrap 95% interval])",
                  ["strategy", "role", "seeds", "iterations run / budget", "slots", "best eval_loss", "rank per seed",
                   "wall (s)", "Σ trial runtime (s)", "trials at once (Σ/window)", "slot utilization",
                   "overhead ratio", "1st/later iteration", "avoided by early stop (trial-s)",
                   "discarded by exploits (trial-s)", "exploits", "distinct configs", "errored trials",
-                  "trial retries", "time lost to faults (s)"], rows)
+                  "trial retries", "iterations run twice", "time lost to faults (s)"], rows)
 
 
 def comparison_csv(aggregates: list[Any]) -> str:

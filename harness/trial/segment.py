@@ -34,7 +34,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.utils import logging as hf_logging
 
 from harness.config import ExperimentConfig
-from harness.contract.iteration import SETUP_PHASES, HParams, IterationReport
+from harness.contract.iteration import SETUP_PHASES, HParams, IterationReport, checkpoint_name
 from harness.trial import faults, process
 from harness.trial.data import PadCollator, TokenizedDataset, load_prepared
 from harness.trial.deepspeed import zero_config
@@ -197,6 +197,8 @@ class IterationCallback(TrainerCallback):
             peak_gpu_memory_mib=0.0 if args.use_cpu else torch.cuda.max_memory_allocated() / 2**20,
             segment_start_iteration=seg.start_iteration,
             exploited_from=seg.exploited_from if self.done == 1 else "",
+            started_from=(checkpoint_name(seg.exploited_from or seg.trial_id, seg.start_iteration) if self.done == 1
+                          else checkpoint_name(seg.trial_id, iteration - 1)),
             phases={p: round(v, 4) for p, v in timing.items()},
         )
 
