@@ -1,5 +1,16 @@
+"""``python -m harness``. Its first lines, before any slow import: the stop signals are caught
+(:mod:`harness.driver.stop`), and a ``run`` gets its watchdog (:mod:`harness.cluster.watchdog`),
+so that a stop request or a kill in the first second of a start is handled like one later on."""
+
 import sys
 
-from harness.cli import main
+from harness.cluster import watchdog
+from harness.cluster import stop
+
+stop.install()
+if sys.argv[1:2] == ["run"]:
+    watchdog.guard()
+
+from harness.cli import main  # noqa: E402  (after the guards: this import takes seconds)
 
 sys.exit(main())

@@ -96,10 +96,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_from(args)  # bad input: one line, before anything starts
     tracking = not args.no_mlflow
-    if args.resume:
-        outcome = runner.resume(args.resume, ray_address=args.ray_address, verbose=args.verbose, tracking=tracking)
-    else:
-        outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose, tracking=tracking)
+    try:
+        if args.resume:
+            outcome = runner.resume(args.resume, ray_address=args.ray_address, verbose=args.verbose, tracking=tracking)
+        else:
+            outcome = runner.run(cfg, ray_address=args.ray_address, verbose=args.verbose, tracking=tracking)
+    except runner.RunStopped as stopped:
+        print(f"stopped: {stopped.reason}, before any trial started; continue with python -m harness run --resume "
+              f"{stopped.run_dir} (make resume RUN=..., on SLURM: RESUME=...)", file=sys.stderr)
+        return EXIT_STOPPED
     print(outcome.tables_markdown)
     print(f"run folder: {outcome.run_dir}")
     if outcome.record.mlflow_run_id:

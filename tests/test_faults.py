@@ -180,19 +180,52 @@ def test_sigusr1_stops_ray_tune_after_the_iterations_in_flight_and_resume_finish
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-def test_resume_refuses_a_complete_run_and_a_folder_that_is_no_run(tmp_path):
+def test_resume_refuses_a_folder_that_is_no_run_and_brings_a_complete_run_up_to_date(tmp_path):
     done = _resume(tmp_path)
     assert done.returncode == 2 and "is not a run folder of this harness" in done.stderr
-    run_dir = RunDir.create(tmp_path / "results", "manual-smoke-done")  # a run whose every trial ended
     from harness.config import resolve
 
     cfg = resolve("smoke", env={}, overrides={"strategy": "manual", "results_dir": str(tmp_path / "results")})
-    run_dir.write_config(cfg.to_json())
+    # a run whose every trial ended, and whose driver was killed before it wrote its record and tables
+    run_dir = RunDir.create(tmp_path / "results", "manual-smoke-done", config=cfg.to_json(),
+                            first_event=dict(strategy="manual", preset="smoke", seed=cfg.seed, config=cfg.to_dict(),
+                                             budget=36, tracking=False))
     log = run_dir.event_log()
-    log.write("run_started", strategy="manual", preset="smoke", seed=cfg.seed, config=cfg.to_dict(), budget=36)
     log.write("trial_started", trial_id="manual_00000", name="a", config={})
     log.write("trial_ended", trial_id="manual_00000", status="TERMINATED")
     log.write("run_finished", slots=1, stopped="")
     done = _resume(run_dir.path)
-    assert done.returncode == 2 and "the run is complete, nothing to resume" in done.stderr
-    assert done.stderr.count("\n") == 1 and not run_dir.record_file.exists()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "is complete: its record, tables and MLflow runs are brought up to date" in done.stderr
+    assert run_dir.record().resumes == [] and (run_dir.tables_dir / "results.md").is_file()
+
+
+def test_a_stop_in_the_first_second_of_a_start_or_a_resume_exits_75_and_the_folder_resumes(tmp_path):
+    """SIGUSR1 (a time limit) or SIGTERM (scancel) in the first moments, before the harness has even
+    imported its libraries: exit 75 with the line that resumes, nothing started, and --resume takes
+    the folder, Ray Tune state or not."""
+    results = tmp_path / "results"
+    proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12", "--set", "budget.slots=2")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-3000:]
+    (run_dir,) = results.glob("pbt-smoke-*")
+    assert f"--resume {run_dir}" in out and "Traceback" not in out
+    kinds = [e["event"] for e in events.read(RunDir(run_dir).events_file)]
+    assert kinds == ["run_started", "run_finished"] and not (run_dir / "ray").exists()  # nothing was started
+
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--resume", str(run_dir)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and "SIGTERM during start-up" in out, out[-3000:]
+
+    done = _resume(run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = RunDir(run_dir).record()
+    assert len(record.trials) == 4 and all(t.iterations == 3 for t in record.trials) and len(record.resumes) == 2
+    runs = runs_of("hpo-smoke", f"sqlite:///{results / 'mlflow.db'}")
+    assert sum("mlflow.parentRunId" not in r.data.tags for r in runs) == 1 and len(runs) == 5
+    assert all(r.info.status == "FINISHED" for r in runs)

@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +65,31 @@ class RunDir:
     # -- making and finding one ---------------------------------------------------------------
 
     @classmethod
-    def create(cls, results_dir: str | Path, name: str) -> RunDir:
-        """A new, empty run folder ``<results_dir>/<name>`` (``-2``, ``-3``... when taken: two
-        runs' files never mix)."""
-        base = Path(results_dir) / name
+    def create(cls, results_dir: str | Path, name: str, *, config: str, first_event: dict[str, Any]) -> RunDir:
+        """A new run folder ``<results_dir>/<name>`` (``-2``, ``-3``... when taken: two runs' files
+        never mix) holding ``config.json`` and the event log's first line (``run_started`` with
+        ``first_event``'s fields). Both are written in a hidden folder that is then renamed into
+        place, so a folder by that name always has both: a driver killed at any moment leaves a
+        run that ``--resume`` takes, or nothing."""
+        results = Path(results_dir)
+        results.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=results))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # as a plain mkdir would make it (mkdtemp's is private)
+        (staging / cls.config_file.parts[-1]).write_text(config)
+        events.EventLog(staging / cls.events_file.parts[-1]).write("run_started", **first_event)
+        base = results / name
         path, n = base, 1
-        while path.exists():
-            n += 1
-            path = base.with_name(f"{base.name}-{n}")
-        path.mkdir(parents=True)
+        while True:
+            try:
+                os.rename(staging, path)  # fails on an existing folder (non-empty) or file: never merges two runs
+                break
+            except OSError:
+                if not path.exists():
+                    raise
+                n += 1
+                path = base.with_name(f"{base.name}-{n}")
         return cls(path)
 
     @classmethod

@@ -86,6 +86,9 @@ class StrategyContext:
     """Ray's own trial table and every trial process's output on the console (else: in the run folder)."""
     previous: RunRecord | None = None
     """With ``--resume``: the record replayed from the run's event log (what is already done)."""
+    restore: bool = False
+    """Ray Tune saved a state in the run folder: continue it (``Tuner.restore``). A resume without
+    one starts the unfinished work over (the runner has discarded the trials it knew)."""
     stop: Any = None
     """A ``threading.Event`` set when the run must stop early (SIGUSR1 before a SLURM time limit)."""
 

@@ -61,6 +61,9 @@ def run(ctx: StrategyContext) -> StrategyResult:
         trial_id = f"manual_{index:05d}"
         if trial_id in finished:
             continue
+        if ctx.stop is not None and ctx.stop.is_set():  # asked to stop between two combinations
+            log.warning("stopped before %s; continue with --resume %s", trial_id, ctx.run_dir)
+            return StrategyResult(slots=1)
         name = (f"{trial_id}_lr={hparams['lr']:.3g},bs={hparams['per_device_train_batch_size']},"
                 f"wd={hparams['weight_decay']:g}")
         hp = HParams.of(hparams)

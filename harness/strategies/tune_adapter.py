@@ -19,6 +19,7 @@ from typing import Any
 from ray import tune
 from ray.tune import Callback
 
+from harness.cluster import stop
 from harness.config import ExperimentConfig
 from harness.contract.iteration import HParams, Iteration, IterationReport
 from harness.contract.record import Status
@@ -86,6 +87,11 @@ class SinkCallback(Callback):
         if self.experiment not in self.live and len(self.live) == 1:  # restored from a moved run folder
             return next(iter(self.live.values()))
         return self.live[self.experiment]
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        # inside Tuner.fit Ray Tune's own SIGUSR1 handler is in place: a stop requested while Ray
+        # and the Tuner were being set up (the harness's handler took it) is handed on to it
+        stop.forward_to_tune()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.sinks.trial_started(trial.trial_id, str(trial), HParams.of(trial.config))

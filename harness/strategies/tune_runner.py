@@ -14,7 +14,7 @@ from ray.tune import Stopper
 from ray.tune.search import BasicVariantGenerator
 
 from harness import strategies
-from harness.cluster import watchdog
+from harness.cluster import stop, watchdog
 from harness.cluster.capacity import Node, TrialShape, trials_per_node
 from harness.config import ExperimentConfig
 from harness.strategies import StrategyContext, StrategyResult, ray_compat
@@ -51,14 +51,32 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
         kwargs.update(ray_compat.init_kwargs(os.environ["RAY_NODE_IP"]))
     if address == "local" and slots:
         kwargs["resources"] = {SLOT_RESOURCE: slots}
-    ray.init(**kwargs)
+    if not verbose:
+        _TrialFailuresToRunLog.install()
     if address == "local":  # an embedded Ray dies with its driver, even one killed with SIGKILL
-        global _WATCHDOG
-        if _WATCHDOG is None or _WATCHDOG.poll() is not None:
-            _WATCHDOG = watchdog.start()
+        watchdog.guard()  # `python -m harness run` has one from its first line; a driver in a library call gets it here
+    ray.init(**kwargs)
 
 
-_WATCHDOG: Any = None
+class _TrialFailuresToRunLog(logging.Filter):
+    """Ray Tune logs a failed trial task on the console with the whole traceback of the worker's
+    death, although it then retries the trial. The harness says it in one line there ("c02 failed
+    (...); restarting it from its last checkpoint"), and the traceback goes to the run's log
+    (harness.log) only."""
+
+    LOGGER = "ray.tune.execution.tune_controller"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Trial task failed"):
+            return True
+        logging.getLogger("tune.trial_failures").info(record.getMessage(), exc_info=record.exc_info)
+        return False
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger(cls.LOGGER)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 def trial_resources(cfg: ExperimentConfig, capped: bool) -> Any:
@@ -225,13 +243,16 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     # the experiment state (what --resume restores) at most 1 s old, not Ray's "auto" (up to minutes)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     resources = tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots)))
-    if ctx.resuming:  # runner.resume checked that Ray Tune saved a state to restore
+    if ctx.restore:  # runner.resume checked that Ray Tune saved a state to restore
         # Ray Tune's own resume: finished trials stay finished, the others continue from their last
         # checkpoint (errored ones too); the scheduler, searcher and callbacks come from its saved state
         tuner = tune.Tuner.restore(str(experiment), trainable=resources, resume_unfinished=True, resume_errored=True)
     else:
         tuner = _new_tuner(ctx, resources, scheduler, search, param_space, num_samples)
     try:
+        if stop.requested():  # asked to stop while Ray was starting: start no trial (the folder stays resumable)
+            log.warning("%s during start-up: no trial started; continue with --resume", stop.requested())
+            return StrategyResult(slots=slots)
         results = tuner.fit()
         for _ in range(cfg.tune.max_failures):
             lost = [r.error for r in results if r.error is not None]
