@@ -128,3 +128,54 @@ def test_a_tracking_server_stopped_for_10_s_mid_run_loses_nothing_and_duplicates
         parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
         assert "best_eval_loss" in parent.data.metrics
     assert "stopped answering" in out
+
+
+@pytest.mark.integration
+def test_a_server_that_dies_between_the_preflight_and_the_trackers_set_up_is_spooled_then_synced(tmp_path):
+    """The window between the pre-flight's /health and the first MLflow call: the run goes on, its
+    MLflow calls (the parent run's creation first) are spooled, and `harness sync` makes them."""
+    import http.server
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import serve_mlflow
+    from harness.contract.rundir import RunDir
+    from harness.reporting.tracking import runs_of
+
+    class HealthOnce(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200 if self.path == "/health" else 503)
+            self.end_headers()
+            self.wfile.write(b"OK")
+            threading.Thread(target=fake.shutdown, daemon=True).start()  # then the "server" is gone
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    fake = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HealthOnce)
+    port = fake.server_address[1]
+    thread = threading.Thread(target=fake.serve_forever, daemon=True)
+    thread.start()
+    try:
+        done, _ = _run(tmp_path, f"http://127.0.0.1:{port}", "--set", "train.iterations=1",
+                       "--set", "budget.trial_iterations=2", "--bs-choices", "1", "--wd-choices", "0.0")
+    finally:
+        fake.shutdown()
+        fake.server_close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "stopped answering" in done.stderr
+    (run_dir,) = (tmp_path / "results").glob("manual-*/")
+    assert RunDir(run_dir).record().mlflow_run_id == ""  # not made yet: its creation waits in the spool
+    with serve_mlflow(tmp_path / "server.db", port):
+        uri = f"http://127.0.0.1:{port}"
+        sync = subprocess.run([sys.executable, "-m", "harness", "sync", str(run_dir)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+        assert sync.returncode == 0, sync.stderr
+        runs = runs_of("hpo-smoke", uri)
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2 and all(r.info.status == "FINISHED" for r in runs)
+        assert parent.data.tags["run_dir"] == str(run_dir.resolve()) and "best_eval_loss" in parent.data.metrics
+        assert RunDir(run_dir).record().mlflow_run_id == parent.info.run_id
+        for child in children:
+            assert [m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(child.info.run_id, "iteration")] == [1]

@@ -26,4 +26,6 @@ def sync(path: str | Path) -> tuple[RunDir, int]:
     tracker = Tracker(cfg, run_dir, tags={}, events=run_dir.event_log(), previous=run_dir.replay())
     if not tracker.flush(force=True):
         raise ConfigError(f"MLflow stopped answering during the sync; {tracker.pending()} event(s) stay in {spool}")
+    if run_dir.record_file.is_file():  # a parent or child made only now is in the event log: the record says so too
+        run_dir.save_record(run_dir.replay())
     return run_dir, len(waiting)

@@ -120,23 +120,24 @@ class Tracker(Sink):
 
     def __init__(self, cfg: ExperimentConfig, run_dir: RunDir, tags: dict[str, str], *,
                  events: Any = None, previous: RunRecord | None = None):
-        """``events``: the run's event log, told every child run's id; ``previous``: the record of an
-        earlier driver of this run, whose parent and child runs are continued, not recreated."""
+        """``events``: the run's event log, told the parent's and every child run's id; ``previous``:
+        the record of an earlier driver of this run, whose parent and child runs are continued, not
+        recreated. Nothing here talks to the server: that starts with ``with``, spooled like the rest."""
         self.events = events
-        self.continuing = previous is not None
         self.stop_reason = ""
         self.spool_path = run_dir.spool_file
         self.last_attempt = 0.0
         self.replaying = False
         self.cfg = cfg
         self.run_dir = run_dir
-        results_dir = Path(cfg.results_dir)
-        self.uri = tracking_uri(results_dir)
+        self.uri = tracking_uri(Path(cfg.results_dir))
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = _experiment_id(self.client, experiment_name(cfg), results_dir)
+        self.experiment_id = ""
         self.tags = tags
         self.parent_id = previous.mlflow_run_id if previous else ""
         self.children: dict[str, str] = dict(previous.mlflow_children) if previous else {}
+        #: MLflow steps per trial: the iterations it has trained, reruns included, so each step has one value
+        self.steps: dict[str, int] = {t.trial_id: t.rows_run for t in previous.trials} if previous else {}
 
     # -- parent run ------------------------------------------------------------------------
 
@@ -152,23 +153,41 @@ class Tracker(Sink):
                 f"best_eval_loss, ...). Run folder: {self.run_dir}")
 
     def __enter__(self) -> Tracker:
-        if self.continuing:
+        self._open()
+        return self
+
+    @spooled
+    def _open(self) -> None:
+        """The run's parent: continued when an earlier driver (or a spooled call) made it, else created.
+        A parent the server made before its answer was lost is found by its ``run_dir`` tag."""
+        if not self.experiment_id:
+            self.experiment_id = _experiment_id(self.client, experiment_name(self.cfg), self.cfg.results_dir)
+        if not self.parent_id:
+            found = self.client.search_runs(
+                [self.experiment_id], f"tags.run_dir = '{self.run_dir}' and tags.kind = 'run'", max_results=1)
+            if found:
+                self._parent_made(found[0].info.run_id)
+        if self.parent_id:
             resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "resumes", str(resumes))
-            return self
+            return
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.run_name,
             tags={"strategy": self.cfg.strategy, "preset": self.cfg.preset, "seed": str(self.cfg.seed),
-                  DESCRIPTION: self.description(),
+                  DESCRIPTION: self.description(), "kind": "run",
                   "run_dir": str(self.run_dir), **self.tags},
         )
-        self.parent_id = run.info.run_id
+        self._parent_made(run.info.run_id)
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.cfg.flat().items())]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.parent_id, params=params[i:i + 100])
-        return self
+
+    def _parent_made(self, run_id: str) -> None:
+        self.parent_id = run_id
+        if self.events is not None:
+            self.events.write("mlflow_parent", run_id=run_id)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
@@ -258,6 +277,8 @@ class Tracker(Sink):
 
     @spooled
     def _start_trial(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
+        if not self.experiment_id:
+            self.experiment_id = _experiment_id(self.client, experiment_name(self.cfg), self.cfg.results_dir)
         if trial_id not in self.children and self.replaying:  # the server may have taken it before it failed
             found = self.client.search_runs(
                 [self.experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
@@ -287,14 +308,16 @@ class Tracker(Sink):
         self.client.log_batch(run.info.run_id, params=params + [Param("trial_id", trial_id)])
 
     def trial_result(self, trial_id: str, row: Iteration) -> None:
-        # the time of the result, kept in the spool: a replay logs the same point, and can see it is there
-        self._log_result(trial_id, row.to_dict(), _now_ms())
+        # the time and step of the result, kept in the spool: a replay logs the same point, and can see it is there.
+        # The step counts the trial's trained iterations, so an iteration run twice is two steps (the
+        # iteration itself is the metric "iteration"): one value per step.
+        self.steps[trial_id] = self.steps.get(trial_id, 0) + 1
+        self._log_result(trial_id, row.to_dict(), _now_ms(), self.steps[trial_id])
 
     @spooled
-    def _log_result(self, trial_id: str, result: dict[str, Any], ts: int) -> None:
+    def _log_result(self, trial_id: str, result: dict[str, Any], ts: int, step: int) -> None:
         row = Iteration.from_metrics(result)
         run_id = self.children[trial_id]
-        step = row.iteration or row.training_iteration
         if self.replaying and any(m.step == step and m.timestamp == ts
                                   for m in self.client.get_metric_history(run_id, "exploited")):
             return  # the server took it before the connection failed
@@ -304,6 +327,21 @@ class Tracker(Sink):
         if row.exploited_from:
             tags.append(RunTag(f"exploit.{step}", json.dumps({"donor": row.exploited_from, "config": row.hparams.as_dict()})))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
+
+    @spooled
+    def trials_discarded(self, trial_ids: list[str], rows: list[int]) -> None:
+        """Trials a resume starts over (Ray Tune had saved no state): a child that logged nothing is
+        deleted, one that did is ended KILLED with a ``discarded`` tag (its iterations were trained)."""
+        for trial_id, n in zip(trial_ids, rows):
+            run_id = self.children.pop(trial_id, None)
+            if run_id is None:
+                continue
+            if n:
+                self.client.set_tag(run_id, "discarded", "the driver died before Ray Tune saved its state; redone "
+                                                         "as a new trial")
+                self.client.set_terminated(run_id, status="KILLED")
+            else:
+                self.client.delete_run(run_id)
 
     @spooled
     def trial_retried(self, trial_id: str, error: str) -> None:
@@ -338,6 +376,9 @@ class NoTracker(Sink):
         return None
 
     def stopped(self, reason: str) -> None:
+        return None
+
+    def trials_discarded(self, trial_ids: list[str], rows: list[int]) -> None:
         return None
 
 
