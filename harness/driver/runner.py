@@ -176,8 +176,6 @@ def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool
 
     tracker_cm = Tracker(cfg, run_dir, tags=provenance(), events=log_events, previous=previous) if tracking else NoTracker()
     with tracker_cm as tracker:
-        if previous is not None and previous.discarded:
-            tracker.trials_discarded([t.trial_id for t in previous.discarded], [t.rows_run for t in previous.discarded])
         if complete:
             assert previous is not None
             record = previous

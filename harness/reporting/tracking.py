@@ -136,6 +136,9 @@ class Tracker(Sink):
         self.tags = tags
         self.parent_id = previous.mlflow_run_id if previous else ""
         self.children: dict[str, str] = dict(previous.mlflow_children) if previous else {}
+        #: children of trials a resume discarded (no Ray Tune state): child run id -> iterations it logged
+        self.discarded = {self.children.pop(t.trial_id): t.rows_run for t in (previous.discarded if previous else [])
+                          if t.trial_id in self.children}
         #: MLflow steps per trial: the iterations it has trained, reruns included, so each step has one value
         self.steps: dict[str, int] = {t.trial_id: t.rows_run for t in previous.trials} if previous else {}
 
@@ -171,6 +174,7 @@ class Tracker(Sink):
             resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
             self.client.update_run(self.parent_id, status="RUNNING")
             self.client.set_tag(self.parent_id, "resumes", str(resumes))
+            self._discard_children()
             return
         run = self.client.create_run(
             self.experiment_id,
@@ -328,17 +332,17 @@ class Tracker(Sink):
             tags.append(RunTag(f"exploit.{step}", json.dumps({"donor": row.exploited_from, "config": row.hparams.as_dict()})))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
-    @spooled
-    def trials_discarded(self, trial_ids: list[str], rows: list[int]) -> None:
-        """Trials a resume starts over (Ray Tune had saved no state): a child that logged nothing is
-        deleted, one that did is ended KILLED with a ``discarded`` tag (its iterations were trained)."""
-        for trial_id, n in zip(trial_ids, rows):
-            run_id = self.children.pop(trial_id, None)
-            if run_id is None:
+    def _discard_children(self) -> None:
+        """Children of trials a resume started over (Ray Tune had saved no state): one that logged
+        nothing is deleted, one that did is ended KILLED with a ``discarded`` tag (its iterations were
+        trained). Each resume looks again, so one interrupted half-way is finished by the next."""
+        for run_id, rows in self.discarded.items():
+            run = self.client.get_run(run_id)
+            if run.info.lifecycle_stage == "deleted" or "discarded" in run.data.tags:
                 continue
-            if n:
-                self.client.set_tag(run_id, "discarded", "the driver died before Ray Tune saved its state; redone "
-                                                         "as a new trial")
+            if rows:
+                self.client.set_tag(run_id, "discarded", "the driver died before Ray Tune saved its state; its work "
+                                                         "was done again as a new trial")
                 self.client.set_terminated(run_id, status="KILLED")
             else:
                 self.client.delete_run(run_id)
@@ -376,9 +380,6 @@ class NoTracker(Sink):
         return None
 
     def stopped(self, reason: str) -> None:
-        return None
-
-    def trials_discarded(self, trial_ids: list[str], rows: list[int]) -> None:
         return None
 
 
