@@ -107,3 +107,16 @@ def test_pbt_decides_with_the_generator_the_harness_gives_it():
 
     assert explored(0) == explored(0)
     assert explored(0) != explored(1)
+
+
+def test_a_tuner_pickle_without_a_saved_experiment_state_is_not_restorable(tmp_path):
+    from ray.tune import Tuner
+    from ray.tune.execution.tune_controller import TuneController
+
+    experiment = tmp_path / "ray"
+    experiment.mkdir()
+    (experiment / "tuner.pkl").write_bytes(b"")  # what Tuner(...) writes before fit saves anything
+    assert Tuner.can_restore(str(experiment)) and not ray_compat.tune_state_saved(experiment)
+    (experiment / TuneController.CKPT_FILE_TMPL.format("2026-12-02_07-10-44")).write_text("{}")
+    assert ray_compat.tune_state_saved(experiment)
+    assert not ray_compat.tune_state_saved(tmp_path / "missing")

@@ -113,9 +113,9 @@ def resume(path: str | Path, *, ray_address: str = "local", verbose: bool = Fals
     preflight(cfg, here=ray_address == "local", tracking=tracking)
     restore = True
     if not strategies.spec(cfg.strategy).sequential and not events.complete(previous):
-        from ray.tune import Tuner  # 1.4 s: only a Ray strategy's resume asks
+        from harness.strategies import ray_compat  # Ray Tune, 1.4 s: only a Ray strategy's resume asks
 
-        restore = Tuner.can_restore(str(run_dir.experiment_dir))
+        restore = ray_compat.tune_state_saved(run_dir.experiment_dir)
     with _logging_to(run_dir.log_file):
         return _run(cfg, run_dir, ray_address, verbose, tracking, previous=previous, restore=restore)
 

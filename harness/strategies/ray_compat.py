@@ -105,3 +105,19 @@ def private_pbt_random(seed: int) -> random.Random:
     rng = random.Random(f"pbt/{seed}")
     ray_pbt.random = rng  # type: ignore[attr-defined]
     return rng
+
+
+def tune_state_saved(experiment_dir: str | Path) -> bool:
+    """Whether ``Tuner.restore`` would find a run to continue in ``experiment_dir``: the Tuner's
+    pickle *and* at least one saved experiment state (``experiment_state-<session>.json``, found by
+    Ray's private ``experiment_state._find_newest_experiment_checkpoint``).
+
+    The public ``Tuner.can_restore`` looks only for the pickle, which ``Tuner(...)`` writes before
+    ``fit`` has saved any state. Restoring such a folder fails inside the controller ("Failed to
+    restore the run state"), which then runs with the pickled searcher and scheduler as if new but
+    finished: measured, a resumed PBT run started 1 trial of 12 and stopped, again on every resume."""
+    from ray.tune import Tuner
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    path = Path(experiment_dir)
+    return path.is_dir() and Tuner.can_restore(str(path)) and _find_newest_experiment_checkpoint(str(path)) is not None

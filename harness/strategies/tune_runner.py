@@ -243,6 +243,10 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     # the experiment state (what --resume restores) at most 1 s old, not Ray's "auto" (up to minutes)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     resources = tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots)))
+    if stop.requested():  # asked to stop while Ray was starting: no Tuner (it writes its pickle), no trial
+        log.warning("%s during start-up: no trial started; continue with --resume", stop.requested())
+        copy_ray_logs(ctx.run_dir.ray_logs)
+        return StrategyResult(slots=slots)
     if ctx.restore:  # runner.resume checked that Ray Tune saved a state to restore
         # Ray Tune's own resume: finished trials stay finished, the others continue from their last
         # checkpoint (errored ones too); the scheduler, searcher and callbacks come from its saved state
@@ -250,9 +254,6 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     else:
         tuner = _new_tuner(ctx, resources, scheduler, search, param_space, num_samples)
     try:
-        if stop.requested():  # asked to stop while Ray was starting: start no trial (the folder stays resumable)
-            log.warning("%s during start-up: no trial started; continue with --resume", stop.requested())
-            return StrategyResult(slots=slots)
         results = tuner.fit()
         for _ in range(cfg.tune.max_failures):
             lost = [r.error for r in results if r.error is not None]
