@@ -1,5 +1,5 @@
 """``python -m harness``. Its first lines, before any slow import: the stop signals are caught
-(:mod:`harness.driver.stop`), and a ``run`` gets its watchdog (:mod:`harness.cluster.watchdog`),
+(:mod:`harness.cluster.stop`), and a ``run`` gets its watchdog (:mod:`harness.cluster.watchdog`),
 so that a stop request or a kill in the first second of a start is handled like one later on."""
 
 import sys

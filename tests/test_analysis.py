@@ -114,7 +114,7 @@ def test_an_iteration_run_twice_counts_in_the_budget_the_time_and_the_waste():
     assert [r.iteration for r in trial_b.history] == [1, 2, 3] and len(trial_b.superseded) == 1
     s = summarize(rec)
     assert (s.iterations_run, s.rerun_iterations, s.sum_runtime_s) == (7, 1, 68.0)
-    assert lineage_waste(rec) == (1, 10.0)  # the first iteration 2 lives in no final model
+    assert lineage_waste(rec) == (0, 0.0)  # the first iteration 2 is a rerun, counted as one, not as exploit waste
     (agg,) = aggregate([s])
     assert comparison_rows([agg])[0]["rerun_iterations"] == 1
 

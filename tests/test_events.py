@@ -100,6 +100,15 @@ def test_a_resume_without_ray_tune_state_discards_the_trials_it_knew_and_counts_
     assert (record.resumes[0]["redone_iterations"], record.resumes[0]["redone_s"]) == (1, 3.0)
 
 
+def test_a_line_cut_off_by_a_kill_spoils_only_itself_not_the_next_drivers_first_event(tmp_path):
+    log = _log(tmp_path, ("trial_started", {"trial_id": "t_00000", "name": "a", "config": {}}))
+    with open(log.path, "a") as fh:
+        fh.write('{"event": "trial_result", "trial_id": "t_0')  # the driver died writing this
+    log.write("resumed", pid=1)
+    assert [e["event"] for e in events.read(log.path)] == ["run_started", "trial_started", "resumed"]
+    assert len(RunDir(tmp_path).replay().resumes) == 1
+
+
 def test_the_record_saved_from_events_loads_back(tmp_path):
     _log(tmp_path, ("run_finished", {"slots": 1, "stopped": "SIGUSR1 (a time limit)"}))
     run_dir = RunDir(tmp_path)

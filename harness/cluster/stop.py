@@ -58,6 +58,13 @@ def install() -> None:
     _installed = True
 
 
+def reclaim() -> None:
+    """Take SIGUSR1 back from Ray Tune after ``fit`` (it installs its own handler and never puts
+    the previous one back): a stop asked for after ``fit`` reaches the harness again."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, _handler)
+
+
 def requested() -> str:
     """The signal that asked for a stop ("SIGUSR1", "SIGTERM"), or "" when none did."""
     return _reason

@@ -23,6 +23,19 @@ from harness.contract.record import ENDED, RunRecord
 from harness.contract.sink import Sink
 
 
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and flush it to the operating system. A line left cut off by a kill is
+    closed first, so it spoils only itself, never the next driver's first event."""
+    with open(path, "a+b") as fh:
+        torn = False
+        if fh.seek(0, os.SEEK_END):
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+        fh.write((("\n" if torn else "") + line + "\n").encode("utf-8"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 class EventLog(Sink):
     """A sink that appends every event to the log; :meth:`write` returns the event it wrote, so
     a driver can fold it into a record it holds without reading the log again."""
@@ -32,11 +45,7 @@ class EventLog(Sink):
 
     def write(self, event: str, **data: Any) -> dict[str, Any]:
         entry = {"event": event, "at": time.time(), **data}
-        line = json.dumps(entry, default=str, allow_nan=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.path, json.dumps(entry, default=str, allow_nan=True))
         return entry
 
     def trial_started(self, trial_id: str, name: str, hparams: HParams) -> None:

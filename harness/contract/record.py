@@ -107,7 +107,7 @@ class TrialRecord:
         return [
             {"trial": self.trial_id, "donor": row.exploited_from, "from_iteration": int(row.segment_start_iteration or 0),
              "config": row.hparams.as_dict()}
-            for row in self.history if row.exploited_from
+            for row in self.all_rows if row.exploited_from  # one later superseded was an exploit all the same
         ]
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from harness import strategies
 from harness.cluster.devices import cuda_devices
 from harness.cluster import stop
 from harness.cluster.provenance import provenance
+from harness.cluster.reachability import tracking_problem
 from harness.cluster.redaction import RedactCredentials
 from harness.config import ExperimentConfig
 from harness.contract import events
@@ -110,9 +111,16 @@ def resume(path: str | Path, *, ray_address: str = "local", verbose: bool = Fals
     if tracking and not previous.tracking:
         log.info("%s ran without MLflow (--no-mlflow); it continues without it", run_dir)
         tracking = False
-    preflight(cfg, here=ray_address == "local", tracking=tracking)
+    complete = events.complete(previous)
+    if not complete:  # a complete run is only brought up to date: nothing to check
+        # MLflow is not a reason to refuse a resume (its calls are spooled until it answers); the rest is
+        preflight(cfg, here=ray_address == "local", tracking=False)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")  # a server (the local sqlite store needs no probe)
+    if tracking and uri and (problem := tracking_problem(uri)):
+        log.warning("%s; the run goes on and its MLflow events wait in %s until it answers", problem,
+                    run_dir.spool_file)
     restore = True
-    if not strategies.spec(cfg.strategy).sequential and not events.complete(previous):
+    if not strategies.spec(cfg.strategy).sequential and not complete:
         from harness.strategies import ray_compat  # Ray Tune, 1.4 s: only a Ray strategy's resume asks
 
         restore = ray_compat.tune_state_saved(run_dir.experiment_dir)
@@ -125,7 +133,7 @@ def _stopped(record: RunRecord, cfg: ExperimentConfig) -> str:
     spec = strategies.spec(cfg.strategy)
     open_trials = record.open_trials
     missing = (spec.planned_trials(cfg) - len(record.trials)) if spec.trials != strategies.TRIALS_UNTIL_SPENT else 0
-    if not open_trials and missing <= 0:
+    if record.trials and not open_trials and missing <= 0:
         return ""  # every trial ended, even if a stop was asked for at the very end
     if stop.requested():
         return {"SIGUSR1": "SIGUSR1 (a time limit)"}.get(stop.requested(), stop.requested())
@@ -155,9 +163,10 @@ def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool
     complete = previous is not None and events.complete(previous)
     if complete:
         log.info("%s is complete: its record, tables and MLflow runs are brought up to date", run_dir)
-    elif previous is not None:
-        previous = _continue(run_dir, previous, restore)
-    _stop_point(run_dir, "start-up")
+    else:
+        if previous is not None:
+            previous = _continue(run_dir, previous, restore)
+        _stop_point(run_dir, "start-up")
     # torch and transformers (seconds to import), MLflow (1.5 s): only once a run really starts
     from harness.reporting.tracking import NoTracker, Tracker, tracking_uri
     from harness.trial.data import prepare
@@ -174,7 +183,8 @@ def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool
         log.info("model: %s; tokenized data: %s", model_path, data_path)
         _stop_point(run_dir, "start-up")
 
-    tracker_cm = Tracker(cfg, run_dir, tags=provenance(), events=log_events, previous=previous) if tracking else NoTracker()
+    tracker_cm = (Tracker(cfg, run_dir, tags=provenance(), events=log_events, previous=previous,
+                          resumed=previous is not None and not complete) if tracking else NoTracker())
     with tracker_cm as tracker:
         if complete:
             assert previous is not None

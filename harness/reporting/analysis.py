@@ -133,8 +133,8 @@ def lineage_waste(record: RunRecord) -> tuple[int, float]:
     Each reported row is a checkpoint; its parent is the newest row of the same trial one
     iteration earlier that arrived before it, or, for the first row after an exploit, the donor's
     newest row at the restored iteration. The final models are each trial's last row; every row
-    not among their ancestors (superseded rows and discarded trials included) was trained and
-    then overwritten.
+    not among their ancestors was trained and then overwritten. Superseded rows and discarded
+    trials take part in the ancestry but are not counted here: they are reruns, counted as such.
     """
     rows: dict[tuple[str, int], Iteration] = {}
     parent: dict[tuple[str, int], tuple[str, int] | None] = {}
@@ -154,6 +154,7 @@ def lineage_waste(record: RunRecord) -> tuple[int, float]:
                 parent[(trial_id, i)] = newest(donor, int(row.segment_start_iteration or 0), before)
             else:
                 parent[(trial_id, i)] = newest(trial_id, row.iteration - 1, before) if row.iteration > 1 else None
+    again = {id(r) for t in record.trials for r in t.superseded} | {id(r) for t in record.discarded for r in t.all_rows}
     kept: set[tuple[str, int]] = set()
     for t in record.trials:
         last = t.last
@@ -161,7 +162,8 @@ def lineage_waste(record: RunRecord) -> tuple[int, float]:
         while node is not None and node not in kept:
             kept.add(node)
             node = parent.get(node)
-    lost = [rows[n] for n in rows if n not in kept]
+    # reruns (faults, discarded trials) are counted as such (rerun_iterations, time lost), not again here
+    lost = [rows[n] for n in rows if n not in kept and id(rows[n]) not in again]
     return len(lost), float(sum(r.seconds for r in lost))
 
 
@@ -190,7 +192,7 @@ def segment_iteration_times(record: RunRecord) -> tuple[list[float], list[float]
     first, later = [], []
     for t in record.trials:
         previous_start = None
-        for row in t.history:
+        for row in t.all_rows:  # a rerun after a fault starts a segment too
             start = row.segment_start_iteration
             if row.time_this_iter_s is None:
                 continue
@@ -276,13 +278,14 @@ def _median(values: list[float]) -> float:
 
 def summarize(record: RunRecord, run_dir: str = "") -> Summary:
     window = (record.started_at, record.finished_at)
-    intervals = [trial_intervals(t, *window) for t in record.trials]
+    # discarded trials held their slots too (their work was done again: rerun_iterations)
+    intervals = [trial_intervals(t, *window) for t in record.trials + record.discarded]
     busy = [iv for ivs in intervals for iv in ivs]
     first_busy = min(busy)[0] if busy else record.started_at
     last_busy = max(busy, key=lambda i: i[1])[1] if busy else record.started_at
     trial_window = last_busy - first_busy
     _, peak = concurrency(intervals, window)
-    total = sum(t.runtime_s for t in record.trials)
+    total = sum(t.runtime_s for t in record.trials + record.discarded)
     wall = record.wall_s
     slots = record.slots or 1
     phases = phase_seconds(record)

@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from harness.config import ExperimentConfig  # noqa: E402
+from harness.contract.events import append_line  # noqa: E402
 from harness.contract.iteration import HPARAMS, HParams, Iteration  # noqa: E402
 from harness.contract.record import RunRecord, Status, short_id  # noqa: E402
 from harness.contract.rundir import RunDir  # noqa: E402
@@ -89,8 +90,17 @@ def _experiment_id(client: MlflowClient, name: str, results_dir: str | Path) -> 
     return experiment_id
 
 
-#: What a tracking server that is down or restarting raises through MlflowClient (a bug does not).
+#: What MlflowClient raises when the tracking server fails a call.
 UNREACHABLE = (MlflowException, requests.RequestException, OSError)
+#: MlflowException codes of a server that is down, restarting or overloaded (a connection MLflow could
+#: not make comes as INTERNAL_ERROR too): worth spooling and sending again. Any other code (a run that
+#: does not exist on this server, a deleted experiment, a bad value) would fail the same way forever.
+TRANSIENT_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED")
+
+
+def outage(exc: BaseException) -> bool:
+    """Is this the tracking server failing for now (spool and retry), rather than refusing the call?"""
+    return not isinstance(exc, MlflowException) or getattr(exc, "error_code", "INTERNAL_ERROR") in TRANSIENT_CODES
 #: Seconds between attempts to reach a tracking server that stopped answering.
 RETRY_S = 5.0
 
@@ -108,6 +118,9 @@ def spooled(method: Callable[..., None]) -> Callable[..., None]:
         try:
             method(self, *args)
         except UNREACHABLE as exc:  # the tracking server failed: keep the event, train on
+            if not outage(exc):
+                self.refused(method.__name__, exc)
+                return
             self.went_offline(exc)
             self.spool(method.__name__, args)
 
@@ -119,10 +132,11 @@ class Tracker(Sink):
     """Sink for trial events that writes MLflow runs; use as a context manager around a run."""
 
     def __init__(self, cfg: ExperimentConfig, run_dir: RunDir, tags: dict[str, str], *,
-                 events: Any = None, previous: RunRecord | None = None):
+                 events: Any = None, previous: RunRecord | None = None, resumed: bool = False):
         """``events``: the run's event log, told the parent's and every child run's id; ``previous``:
         the record of an earlier driver of this run, whose parent and child runs are continued, not
-        recreated. Nothing here talks to the server: that starts with ``with``, spooled like the rest."""
+        recreated; ``resumed``: this driver is a ``--resume`` (counted in the parent's ``resumes`` tag).
+        Nothing here talks to the server: that starts with ``with``, spooled like the rest."""
         self.events = events
         self.stop_reason = ""
         self.spool_path = run_dir.spool_file
@@ -135,6 +149,8 @@ class Tracker(Sink):
         self.experiment_id = ""
         self.tags = tags
         self.parent_id = previous.mlflow_run_id if previous else ""
+        self.resuming = resumed  # this driver continues the run (--resume): the parent's resumes tag counts it
+        self.counted = False
         self.children: dict[str, str] = dict(previous.mlflow_children) if previous else {}
         #: children of trials a resume discarded (no Ray Tune state): child run id -> iterations it logged
         self.discarded = {self.children.pop(t.trial_id): t.rows_run for t in (previous.discarded if previous else [])
@@ -170,20 +186,27 @@ class Tracker(Sink):
                 [self.experiment_id], f"tags.run_dir = '{self.run_dir}' and tags.kind = 'run'", max_results=1)
             if found:
                 self._parent_made(found[0].info.run_id)
-        if self.parent_id:
-            resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
+                if not found[0].data.params:  # the creation's answer was lost before the params were sent
+                    self._log_params()
+        if not self.parent_id:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=self.run_name,
+                tags={"strategy": self.cfg.strategy, "preset": self.cfg.preset, "seed": str(self.cfg.seed),
+                      DESCRIPTION: self.description(), "kind": "run",
+                      "run_dir": str(self.run_dir), **self.tags},
+            )
+            self._parent_made(run.info.run_id)
+            self._log_params()
+        elif self.client.get_run(self.parent_id).info.status != "RUNNING":
             self.client.update_run(self.parent_id, status="RUNNING")
+        if self.resuming and not self.counted:  # once per resumed driver, whichever _open reached the server
+            resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
             self.client.set_tag(self.parent_id, "resumes", str(resumes))
-            self._discard_children()
-            return
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=self.run_name,
-            tags={"strategy": self.cfg.strategy, "preset": self.cfg.preset, "seed": str(self.cfg.seed),
-                  DESCRIPTION: self.description(), "kind": "run",
-                  "run_dir": str(self.run_dir), **self.tags},
-        )
-        self._parent_made(run.info.run_id)
+            self.counted = True
+        self._discard_children()
+
+    def _log_params(self) -> None:
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.cfg.flat().items())]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.parent_id, params=params[i:i + 100])
@@ -217,10 +240,7 @@ class Tracker(Sink):
         return sum(1 for line in self.spool_path.read_text().splitlines() if line.strip())
 
     def spool(self, name: str, args: tuple[Any, ...]) -> None:
-        with open(self.spool_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"call": name, "args": list(args)}, default=str) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_line(self.spool_path, json.dumps({"call": name, "args": list(args)}, default=str))
 
     def went_offline(self, exc: Exception) -> None:
         self.last_attempt = time.monotonic()
@@ -229,9 +249,18 @@ class Tracker(Sink):
                         redact(self.uri), type(exc).__name__, redact(str(exc).splitlines()[0] if str(exc) else ""),
                         self.spool_path)
 
+    def refused(self, call: str, exc: BaseException) -> None:
+        """The server answered and refused the call: sending it again would fail the same way. Said
+        once, the call dropped; training goes on and the run folder keeps the record."""
+        log.error("MLflow (%s) refused %s (%s: %s); the run goes on, its folder keeps the record", redact(self.uri),
+                  call.lstrip("_"), getattr(exc, "error_code", type(exc).__name__),
+                  redact(str(exc).splitlines()[0] if str(exc) else ""))
+
     def flush(self, force: bool = False) -> bool:
         """Replay the spool in order; True when it is empty afterwards. At most every RETRY_S
-        seconds unless ``force``; a call that fails again stops the replay where it is."""
+        seconds unless ``force``; a call that fails again stops the replay where it is (one the
+        server refuses is dropped, see :meth:`refused`). A line cut off by a kill is skipped: the
+        event log has the event, and sync or the run's end sends what follows."""
         if not force and time.monotonic() - self.last_attempt < RETRY_S:
             return False
         self.last_attempt = time.monotonic()
@@ -240,8 +269,18 @@ class Tracker(Sink):
         self.replaying = True
         try:
             for line in lines:
-                entry = json.loads(line)
-                getattr(type(self), entry["call"]).raw(self, *entry["args"])
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("skipped a line of %s cut off by a kill: %.80s", self.spool_path.name, line)
+                    done += 1
+                    continue
+                try:
+                    getattr(type(self), entry["call"]).raw(self, *entry["args"])
+                except UNREACHABLE as exc:
+                    if outage(exc):
+                        raise
+                    self.refused(entry["call"], exc)
                 done += 1
         except UNREACHABLE:  # still down: keep what is left, try later
             return False
@@ -321,7 +360,9 @@ class Tracker(Sink):
     @spooled
     def _log_result(self, trial_id: str, result: dict[str, Any], ts: int, step: int) -> None:
         row = Iteration.from_metrics(result)
-        run_id = self.children[trial_id]
+        run_id = self.children.get(trial_id)
+        if run_id is None:  # a trial a resume discarded (its child is settled in _open), or one never made
+            return
         if self.replaying and any(m.step == step and m.timestamp == ts
                                   for m in self.client.get_metric_history(run_id, "exploited")):
             return  # the server took it before the connection failed

@@ -17,6 +17,7 @@ from harness import strategies
 from harness.cluster import stop, watchdog
 from harness.cluster.capacity import Node, TrialShape, trials_per_node
 from harness.config import ExperimentConfig
+from harness.contract.record import Status
 from harness.strategies import StrategyContext, StrategyResult, ray_compat
 from harness.strategies.tune_adapter import SinkCallback, trainable
 
@@ -228,6 +229,9 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     num_samples = 1 if spec.trials == strategies.TRIALS_GRID else spec.planned_trials(cfg)
     until_spent = spec.trials == strategies.TRIALS_UNTIL_SPENT
     local = ctx.ray_address == "local"
+    if stop.requested():  # asked to stop before Ray started: start nothing (the folder stays resumable)
+        log.warning("%s during start-up: nothing started; continue with --resume", stop.requested())
+        return StrategyResult(slots=0)
     init_ray(ctx.ray_address, cfg.budget.slots if local else 0, ctx.verbose)
     seed_everything(cfg.seed)
     budget = cfg.budget_iterations()
@@ -255,9 +259,10 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
         tuner = _new_tuner(ctx, resources, scheduler, search, param_space, num_samples)
     try:
         results = tuner.fit()
+        stop.reclaim()
         for _ in range(cfg.tune.max_failures):
             lost = [r.error for r in results if r.error is not None]
-            if not lost or not all(_node_lost(e) for e in lost):
+            if not lost or not all(_node_lost(e) for e in lost) or _interrupted(ctx):
                 break
             # Ray retries a trial whose node went away, but may place the retry on that node while it is
             # still going down; a trial that fails before it runs is not retried (measured: one of two
@@ -267,9 +272,18 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             tuner = tune.Tuner.restore(str(experiment), trainable=resources, resume_unfinished=True,
                                        resume_errored=True)
             results = tuner.fit()
+            stop.reclaim()
     finally:
         copy_ray_logs(ctx.run_dir.ray_logs)
     return StrategyResult(slots=slots)
+
+
+def _interrupted(ctx: StrategyContext) -> bool:
+    """Did ``fit`` return because it was asked to stop (SIGUSR1, to the harness or to Ray Tune's own
+    handler), not because its trials ended? Then trials lost with their node wait for --resume: on
+    SLURM the worker jobs reach the same time limit. An interrupted fit leaves trials that started
+    and neither finished nor failed."""
+    return bool(stop.requested()) or any(t.status == Status.RUNNING for t in ctx.run_dir.replay().open_trials)
 
 
 #: How Ray reports a trial whose node died or was stopped under it.
