@@ -30,10 +30,13 @@ GPUS_PER_NODE ?= 8
 SYSTEM_CPUS ?= 2
 SBATCH_ARGS ?=
 SIF ?= harness.sif
+# make soak: the fault schedule's seed and how many faults (tools/soak.py --help for the rest)
+SEED ?= 0
+FAULTS ?= 20
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare resume strategies bench-all bench-cpu compare test test-fast test-unit bench mlflow-ui test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume strategies bench-all bench-cpu compare test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
 # bench-<strategy> and submit-<strategy> are pattern rules: one per registered strategy, no file behind them
 
 help: ## list the targets
@@ -92,6 +95,9 @@ test-slurm: $(STAMP) ## only the SLURM tests (bring up a one-node cluster; root 
 bench: $(STAMP) ## pytest-benchmark: smoke PBT wall time, memory, slot utilization and first-iteration cost (vs FIFO and a 2-trial baseline)
 	mkdir -p $(RESULTS_DIR)/benchmarks
 	$(PY) -m pytest benchmarks --benchmark-json=$(RESULTS_DIR)/benchmarks/bench-$$(date +%Y%m%d-%H%M%S).json $(PYTEST_ARGS)
+
+soak: $(STAMP) ## smoke PBT runs under FAULTS random faults (kills, SIGUSR1/TERM, MLflow down) of schedule SEED; checks nothing is lost
+	HARNESS_CACHE="$(CACHE_DIR)" $(PY) tools/soak.py --seed $(SEED) --faults $(FAULTS) --out $(RESULTS_DIR)/soak-$(SEED)-$$(date +%Y%m%d-%H%M%S)
 
 mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port MLFLOW_PORT, default 5000); prints where to look
 	$(PY) -m harness ui-urls --results-dir $(RESULTS_DIR) --port $(MLFLOW_PORT)
