@@ -13,4 +13,6 @@ if sys.argv[1:2] == ["run"]:
 
 from harness.cli import main  # noqa: E402  (after the guards: this import takes seconds)
 
-sys.exit(main())
+code = main()
+stop.done()  # a stop asked for during the interpreter's teardown (Ray's shutdown: seconds) has nothing left to stop
+sys.exit(code)

@@ -51,12 +51,16 @@ def _wait_for_results(proc: subprocess.Popen, run_dir: Path, n: int) -> None:
         time.sleep(0.2)
 
 
-def _kill_and_check_nothing_is_left(proc: subprocess.Popen) -> float:
-    """SIGKILL the driver; every process it had started must be gone within 10 s (returns how long it took)."""
+def _kill_and_check_nothing_is_left(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> float:
+    """SIGKILL (or SIGTERM: scancel) the driver; every process it had started must be gone within 10 s
+    (returns how long it took)."""
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert tree, "the driver had started Ray"
-    proc.kill()
+    proc.send_signal(sig)
     proc.wait()
+    if sig == signal.SIGTERM:  # mid-run, SIGTERM means "end now": at once, one line, exit 143 (no SIGABRT, no traceback)
+        out = proc.stdout.read()
+        assert proc.returncode == 143 and "SIGTERM: the driver ends now" in out and "Traceback" not in out, out[-2000:]
     killed = time.monotonic()
     while time.monotonic() - killed < 10:
         alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -71,7 +75,7 @@ def _resume(run_dir: Path, env: dict[str, str] | None = None) -> subprocess.Comp
                           capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
 
 
-def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow_run_per_trial(tmp_path):
+def test_pbt_killed_with_sigkill_then_sigterm_and_resumed_ends_complete_with_one_mlflow_run_per_trial(tmp_path):
     results = tmp_path / "results"
     proc = _start(results, "--strategy", "pbt", "--set", "budget.trial_iterations=12",  # population 4 x 3
                   "--set", "budget.slots=2")
@@ -80,11 +84,11 @@ def test_pbt_killed_twice_with_sigkill_and_resumed_ends_complete_with_one_mlflow
     cleanup_s = [_kill_and_check_nothing_is_left(proc)]
     assert not (run_dir / "run_record.json").exists()
 
-    # resume, and kill the resumed driver too
+    # resume, and end the resumed driver with SIGTERM (what scancel sends)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "run", "--resume", str(run_dir)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _wait_for_results(proc, run_dir, _results(run_dir) + 3)
-    cleanup_s.append(_kill_and_check_nothing_is_left(proc))
+    cleanup_s.append(_kill_and_check_nothing_is_left(proc, signal.SIGTERM))
 
     done = _resume(run_dir)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -69,3 +69,28 @@ def test_an_iteration_run_twice_is_two_steps_with_one_value_each(results):
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "iteration")] == [
         (1, 1.0), (2, 2.0), (3, 2.0), (4, 3.0)]
     assert [m.value for m in client.get_metric_history(run_id, "eval_loss")] == [5.0, 4.0, 3.5, 3.0]
+
+
+def test_a_result_the_killed_driver_wrote_to_the_event_log_but_not_to_mlflow_is_sent_by_the_resume(results):
+    from mlflow.tracking import MlflowClient
+
+    from harness.reporting.tracking import Tracker, tracking_uri
+
+    cfg, run_dir = _run_dir(results)
+    log = run_dir.event_log()
+    first = Tracker(cfg, run_dir, tags={}, events=log).__enter__()  # killed: never exits
+    log.trial_started("t_00000", "a", HP)
+    first.trial_started("t_00000", "a", HP)
+    for iteration in (1, 2):
+        row = Iteration(iteration=iteration, eval_loss=5.0 - iteration, lr=1e-4, received_at=1_000.0 + iteration)
+        log.trial_result("t_00000", row)
+        if iteration == 1:  # the kill came between the event log and MLflow for iteration 2
+            first.trial_result("t_00000", row)
+    previous = run_dir.replay()
+    previous.apply(log.write("resumed"))
+    with Tracker(cfg, run_dir, tags={}, events=log, previous=previous, resumed=True):
+        pass
+    client = MlflowClient(tracking_uri=tracking_uri(results))
+    history = client.get_metric_history(first.children["t_00000"], "eval_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 4.0), (2, 3.0)]
+    assert client.get_run(first.parent_id).data.tags["resumes"] == "1"

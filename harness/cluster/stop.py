@@ -15,8 +15,11 @@ library) and turns them into a request the driver honours at its next safe point
 * the sequential grid checks :func:`event` after each iteration.
 
 SIGTERM once the strategy runs keeps its usual meaning, "end now" (the head job sends it on its
-way out and stops Ray right after): the handler gives the signal its default action back and
-raises it again, so nothing outlives the request but what the watchdog ends.
+way out and stops Ray right after): the driver says so in one line and exits 143 at once, like the
+signal's default action; the watchdog ends what it had started and ``--resume`` continues from the
+event log and the saved checkpoints. ``ray.init`` installs its own SIGTERM handlers (a Python one
+that unwinds with ``sys.exit``, and a C one that arms a 3-second abort, ray#64830: exits by
+SIGABRT were seen): :func:`reclaim` takes the signals back after it.
 """
 
 from __future__ import annotations
@@ -39,10 +42,9 @@ STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 def _handler(signum: int, frame: Any) -> None:
     global _reason
     name = signal.Signals(signum).name
-    if signum == signal.SIGTERM and _running:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # "end now": the default action, as if never caught
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+    if signum == signal.SIGTERM and _running:  # "end now"
+        os.write(2, b"SIGTERM: the driver ends now; continue the run with --resume <its run folder>\n")
+        os._exit(128 + signal.SIGTERM)
     if not _reason:
         _reason = name
     _event.set()
@@ -59,10 +61,21 @@ def install() -> None:
 
 
 def reclaim() -> None:
-    """Take SIGUSR1 back from Ray Tune after ``fit`` (it installs its own handler and never puts
-    the previous one back): a stop asked for after ``fit`` reaches the harness again."""
+    """Take the stop signals back: after ``ray.init`` (its SIGTERM handlers, see the module
+    docstring) and after ``Tuner.fit`` (Ray Tune installs a SIGUSR1 handler and never puts the
+    previous one back), so that a stop asked for then reaches the harness again."""
     if _installed and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGUSR1, _handler)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _handler)
+
+
+def done() -> None:
+    """The driver's work is over: ignore SIGUSR1 from now on. Python gives every signal it handled its
+    default action back when the interpreter shuts down (SIGUSR1's ends the process, exit 138),
+    and Ray's shutdown then takes seconds; an ignored signal stays ignored. SIGTERM keeps ending
+    the process."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 def requested() -> str:

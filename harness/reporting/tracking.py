@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -150,13 +151,15 @@ class Tracker(Sink):
         self.tags = tags
         self.parent_id = previous.mlflow_run_id if previous else ""
         self.resuming = resumed  # this driver continues the run (--resume): the parent's resumes tag counts it
-        self.counted = False
+        self.token = secrets.token_hex(6)
         self.children: dict[str, str] = dict(previous.mlflow_children) if previous else {}
         #: children of trials a resume discarded (no Ray Tune state): child run id -> iterations it logged
         self.discarded = {self.children.pop(t.trial_id): t.rows_run for t in (previous.discarded if previous else [])
                           if t.trial_id in self.children}
         #: MLflow steps per trial: the iterations it has trained, reruns included, so each step has one value
         self.steps: dict[str, int] = {t.trial_id: t.rows_run for t in previous.trials} if previous else {}
+        #: what earlier drivers received, in order: step n of a trial is its n-th row (see _catch_up)
+        self.earlier = {t.trial_id: t.all_rows for t in previous.trials} if previous else {}
 
     # -- parent run ------------------------------------------------------------------------
 
@@ -172,13 +175,16 @@ class Tracker(Sink):
                 f"best_eval_loss, ...). Run folder: {self.run_dir}")
 
     def __enter__(self) -> Tracker:
-        self._open()
+        self._open(self.token)
         return self
 
     @spooled
-    def _open(self) -> None:
+    def _open(self, token: str) -> None:
         """The run's parent: continued when an earlier driver (or a spooled call) made it, else created.
-        A parent the server made before its answer was lost is found by its ``run_dir`` tag."""
+        A parent the server made before its answer was lost is found by its ``run_dir`` tag. ``token``
+        tells this driver's own call from an earlier driver's, replayed from the spool: only its own
+        counts the resume and catches up, once everything spooled before it has been sent."""
+        mine = token == self.token
         if not self.experiment_id:
             self.experiment_id = _experiment_id(self.client, experiment_name(self.cfg), self.cfg.results_dir)
         if not self.parent_id:
@@ -200,11 +206,28 @@ class Tracker(Sink):
             self._log_params()
         elif self.client.get_run(self.parent_id).info.status != "RUNNING":
             self.client.update_run(self.parent_id, status="RUNNING")
-        if self.resuming and not self.counted:  # once per resumed driver, whichever _open reached the server
+        self._discard_children()
+        if not mine:
+            return
+        if self.resuming:  # the parent's resumes tag counts each resumed driver once
             resumes = int(self.client.get_run(self.parent_id).data.tags.get("resumes", "0")) + 1
             self.client.set_tag(self.parent_id, "resumes", str(resumes))
-            self.counted = True
-        self._discard_children()
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Results an earlier driver wrote to the event log but did not live to send (killed between
+        the two): sent now, at their own steps. The event log is written first, so MLflow can only
+        be behind it."""
+        for trial_id, rows in self.earlier.items():
+            run_id = self.children.get(trial_id)
+            if run_id is None or not rows:
+                continue
+            logged = {m.step for m in self.client.get_metric_history(run_id, "iteration")}
+            for step, row in enumerate(rows, 1):
+                if step not in logged:
+                    type(self)._log_result.raw(self, trial_id, row.to_dict(), int((row.received_at or time.time()) * 1000),
+                                               step)
+        self.earlier = {}
 
     def _log_params(self) -> None:
         params = [Param(k, str(v)[:6000]) for k, v in sorted(self.cfg.flat().items())]

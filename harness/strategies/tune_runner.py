@@ -57,6 +57,7 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     if address == "local":  # an embedded Ray dies with its driver, even one killed with SIGKILL
         watchdog.guard()  # `python -m harness run` has one from its first line; a driver in a library call gets it here
     ray.init(**kwargs)
+    stop.reclaim()  # ray.init replaced the SIGTERM handler
 
 
 class _TrialFailuresToRunLog(logging.Filter):
