@@ -94,3 +94,23 @@ def test_a_result_the_killed_driver_wrote_to_the_event_log_but_not_to_mlflow_is_
     history = client.get_metric_history(first.children["t_00000"], "eval_loss")
     assert [(m.step, m.value) for m in history] == [(1, 4.0), (2, 3.0)]
     assert client.get_run(first.parent_id).data.tags["resumes"] == "1"
+
+
+def test_a_child_the_killed_driver_made_but_never_wrote_down_is_continued_not_made_twice(results):
+    from harness.reporting.tracking import Tracker, runs_of, tracking_uri
+
+    cfg, run_dir = _run_dir(results)
+    log = run_dir.event_log()
+    first = Tracker(cfg, run_dir, tags={}, events=None).__enter__()  # its event log never learns the child's id
+    log.write("mlflow_parent", run_id=first.parent_id)
+    log.trial_started("t_00000", "a", HP)
+    first.trial_started("t_00000", "a", HP)
+    previous = run_dir.replay()
+    assert previous.mlflow_children == {}
+    previous.apply(log.write("resumed"))
+    with Tracker(cfg, run_dir, tags={}, events=log, previous=previous, resumed=True) as again:
+        again.trial_started("t_00000", "a", HP)
+    children = [r for r in runs_of("hpo-smoke", tracking_uri(results))
+                if r.data.tags.get("mlflow.parentRunId") == first.parent_id]
+    assert [c.info.run_id for c in children] == [first.children["t_00000"]]
+    assert run_dir.replay().mlflow_children == {"t_00000": first.children["t_00000"]}

@@ -345,11 +345,15 @@ class Tracker(Sink):
     def _start_trial(self, trial_id: str, name: str, config: dict[str, Any]) -> None:
         if not self.experiment_id:
             self.experiment_id = _experiment_id(self.client, experiment_name(self.cfg), self.cfg.results_dir)
-        if trial_id not in self.children and self.replaying:  # the server may have taken it before it failed
+        if trial_id not in self.children and (self.replaying or self.resuming):
+            # the server may have made it before its answer was lost, or an earlier driver did and was killed
+            # before its event log learnt the id: one child per trial all the same
             found = self.client.search_runs(
                 [self.experiment_id], f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
             if found:
                 self.children[trial_id] = found[0].info.run_id
+                if self.events is not None:
+                    self.events.mlflow_child(trial_id, found[0].info.run_id)
         if trial_id in self.children:  # PBT restarts an exploited trial, a resume a stopped one: same child run
             run_id = self.children[trial_id]
             if self.client.get_run(run_id).info.status != "RUNNING":
