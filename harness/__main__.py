@@ -4,8 +4,7 @@ so that a stop request or a kill in the first second of a start is handled like 
 
 import sys
 
-from harness.cluster import watchdog
-from harness.cluster import stop
+from harness.cluster import stop, watchdog
 
 stop.install()
 if sys.argv[1:2] == ["run"]:

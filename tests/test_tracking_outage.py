@@ -83,9 +83,9 @@ def test_no_mlflow_runs_without_the_server_and_keeps_the_record(tmp_path):
 @pytest.mark.integration
 def test_a_tracking_server_stopped_for_10_s_mid_run_loses_nothing_and_duplicates_nothing(tmp_path):
     """Down for two of the tracker's retry intervals (RETRY_S = 5 s), while the run trains on."""
+    from conftest import serve_mlflow
     from mlflow.tracking import MlflowClient
 
-    from conftest import serve_mlflow
     from harness.cluster.reachability import tracking_problem
     from harness.contract import events
     from harness.reporting.tracking import runs_of
@@ -136,9 +136,9 @@ def test_a_server_that_dies_between_the_preflight_and_the_trackers_set_up_is_spo
     MLflow calls (the parent run's creation first) are spooled, and `harness sync` makes them."""
     import http.server
 
+    from conftest import serve_mlflow
     from mlflow.tracking import MlflowClient
 
-    from conftest import serve_mlflow
     from harness.contract.rundir import RunDir
     from harness.reporting.tracking import runs_of
 

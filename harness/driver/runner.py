@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import strategies
-from harness.cluster.devices import cuda_devices
 from harness.cluster import stop
+from harness.cluster.devices import cuda_devices
 from harness.cluster.provenance import provenance
 from harness.cluster.reachability import tracking_problem
 from harness.cluster.redaction import RedactCredentials
@@ -121,7 +121,9 @@ def resume(path: str | Path, *, ray_address: str = "local", verbose: bool = Fals
                     run_dir.spool_file)
     restore = True
     if not strategies.spec(cfg.strategy).sequential and not complete:
-        from harness.strategies import ray_compat  # Ray Tune, 1.4 s: only a Ray strategy's resume asks
+        from harness.strategies import (
+            ray_compat,  # Ray Tune, 1.4 s: only a Ray strategy's resume asks
+        )
 
         restore = ray_compat.tune_state_saved(run_dir.experiment_dir)
     with _logging_to(run_dir.log_file):

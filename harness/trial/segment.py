@@ -34,7 +34,12 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from transformers.utils import logging as hf_logging
 
 from harness.config import ExperimentConfig
-from harness.contract.iteration import SETUP_PHASES, HParams, IterationReport, checkpoint_name
+from harness.contract.iteration import (
+    SETUP_PHASES,
+    HParams,
+    IterationReport,
+    checkpoint_name,
+)
 from harness.trial import faults, process
 from harness.trial.data import PadCollator, TokenizedDataset, load_prepared
 from harness.trial.deepspeed import zero_config
