@@ -6,15 +6,16 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tools.soak import MlflowServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SQUAD_SAMPLE = ROOT.parent / "shared" / "data" / "squad-v2-dev-sample.json"
@@ -134,9 +135,6 @@ SMALL_BUDGET = ("--set", "budget.trial_iterations=12", "--set", "budget.slots=2"
 
 def run_harness(results: Path, *args: str, command: str = "run", timeout: int = 900):
     """The real CLI in a subprocess, offline, with a private local Ray and sqlite MLflow."""
-    import subprocess
-    import sys
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("RAY_ADDRESS", None)
@@ -166,26 +164,9 @@ def smoke_pbt(tmp_path_factory):
 @contextlib.contextmanager
 def serve_mlflow(store: Path, port: int = 0) -> Iterator[int]:
     """A real `mlflow server` on 127.0.0.1 over the sqlite ``store`` (on ``port``, or a free one); yields its port."""
-    if not port:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    server = MlflowServer(store, port=port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not answer on port {port}") from None
-                time.sleep(0.5)
-        yield port
+        server.start()
+        yield server.port
     finally:
-        proc.terminate()
-        proc.wait(15)
+        server.kill(signal.SIGTERM)

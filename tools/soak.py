@@ -49,7 +49,11 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's harness, for the checks (the drivers run from ROOT too)
+
+from harness.cluster import watchdog  # noqa: E402
+
 KINDS = ("driver_kill", "usr1", "term", "trial_kill", "mlflow_kill")
+#: The soak's own mark in each driver's environment (not the harness's: the check stays independent of it).
 MARK = "HARNESS_SOAK_MARK"
 #: A killed driver's processes must be gone this long after the kill.
 LEFTOVER_S = 10.0
@@ -90,15 +94,19 @@ class Figures:
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1 over the soak's sqlite store; killed with SIGKILL, brought back."""
+    """``mlflow server`` on 127.0.0.1 over a sqlite ``store`` (on ``port``, or a free one): started
+    and waited for until it answers, killed with SIGKILL, brought back on the same port. The tests'
+    ``serve_mlflow`` fixture runs the same one."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+    def __init__(self, store: Path, *, port: int = 0, artifacts: Path | None = None, workers: int = 0,
+                 log: Any = subprocess.DEVNULL):
+        self.store, self.artifacts, self.workers, self.log = store, artifacts, workers, log
+        if not port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+        self.port = port
         self.proc: subprocess.Popen | None = None
-        self.log = open(folder / "mlflow-server.log", "a")
 
     @property
     def uri(self) -> str:
@@ -110,13 +118,12 @@ class MlflowServer:
     def start(self) -> None:
         if self.up():
             return
-        mlflow = Path(sys.executable).with_name("mlflow")
-        self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}",
-             "--artifacts-destination", str(self.folder / "mlartifacts"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1"],
-            stdout=self.log, stderr=self.log, start_new_session=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        args = [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri",
+                f"sqlite:///{self.store}", "--host", "127.0.0.1", "--port", str(self.port)]
+        args += ["--artifacts-destination", str(self.artifacts)] if self.artifacts else []
+        args += ["--workers", str(self.workers)] if self.workers else []
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, start_new_session=True,
+                                     env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         deadline = time.monotonic() + 90
         while True:
             try:
@@ -125,32 +132,17 @@ class MlflowServer:
                         return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"soak: mlflow server did not start on port {self.port}") from None
+                    raise RuntimeError(f"mlflow server did not answer on port {self.port}") from None
                 time.sleep(0.3)
 
-    def kill(self) -> None:
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """End the server and its workers (its own process group); SIGTERM for an orderly stop."""
         if self.proc is not None and self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
-            self.proc.wait(10)
-
-
-def marked(mark: str) -> list[psutil.Process]:
-    """Processes alive now whose environment carries ``mark`` (every process a driver started)."""
-    found = []
-    needle = f"{MARK}={mark}".encode()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
-                if needle in fh.read().split(b"\0") and proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
+            self.proc.wait(15)
 
 
 def lineage_whole(history: list[Any], planned: int) -> bool:
@@ -187,7 +179,8 @@ class Soak:
         self.out = Path(args.out).resolve()
         self.results = self.out / "results"
         self.results.mkdir(parents=True, exist_ok=True)
-        self.server = MlflowServer(self.out)
+        self.server = MlflowServer(self.out / "mlflow.db", artifacts=self.out / "mlartifacts", workers=1,
+                                   log=open(self.out / "mlflow-server.log", "a"))
         self.fig = Figures(seed=args.seed, faults_planned=args.faults)
         self.mark = uuid.uuid4().hex
         self.launch_no = 0
@@ -269,10 +262,10 @@ class Soak:
     def after_kill(self, driver_pid: int) -> None:
         """The killed driver's processes must be gone within LEFTOVER_S."""
         deadline = time.monotonic() + LEFTOVER_S
-        left = marked(self.mark)
+        left = watchdog.marked(self.mark, variable=MARK)
         while left and time.monotonic() < deadline:
             time.sleep(0.5)
-            left = marked(self.mark)
+            left = watchdog.marked(self.mark, variable=MARK)
         if left:
             self.fig.kills_with_leftovers += 1
             names = sorted({" ".join(p.cmdline()[:2])[:60] for p in left if p.is_running()})
@@ -364,10 +357,10 @@ class Soak:
         from harness.contract.rundir import RunDir
 
         deadline = time.monotonic() + LEFTOVER_S  # the last driver's watchdog exits just after it
-        left = marked(self.mark)
+        left = watchdog.marked(self.mark, variable=MARK)
         while left and time.monotonic() < deadline:
             time.sleep(0.5)
-            left = marked(self.mark)
+            left = watchdog.marked(self.mark, variable=MARK)
         self.fig.left_at_end = len(left)
         if left:
             self.fig.problems.append(f"{len(left)} process(es) of the soak's drivers alive at the end")

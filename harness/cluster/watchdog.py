@@ -67,11 +67,11 @@ def _alive(known: dict[int, float]) -> list[Any]:
     return procs
 
 
-def marked(mark: str) -> list[Any]:
-    """Live processes whose environment carries ``MARK=mark`` (this one excluded)."""
+def marked(mark: str, variable: str = MARK) -> list[Any]:
+    """Live processes whose environment carries ``variable=mark`` (this one excluded)."""
     import psutil
 
-    needle = f"{MARK}={mark}".encode()
+    needle = f"{variable}={mark}".encode()
     found = []
     for pid in psutil.pids():
         if pid == os.getpid():

@@ -183,8 +183,9 @@ class RunRecord:
 
     @property
     def iterations_run(self) -> int:
-        """Trial-iterations trained, each once however often it ran (reruns and discarded trials
-        included): what the budget counts."""
+        """Trial-iterations trained, what the budget counts: every reported row is one iteration of
+        training, counted where it was trained (whoever inherits it through an exploit), an iteration
+        run twice twice, discarded trials included."""
         return sum(t.rows_run for t in self.trials + self.discarded)
 
     @property

@@ -103,13 +103,6 @@ def iteration_seconds(trial: TrialRecord) -> float:
     return sum(times) / len(times) if times else math.nan
 
 
-def iterations_run(record: RunRecord) -> int:
-    """Trial-iterations trained: every reported row is one iteration of training (an exploited
-    trial's iterations count where they were trained, whoever inherits them; an iteration run
-    twice counts twice)."""
-    return record.iterations_run
-
-
 def early_stopping(record: RunRecord) -> tuple[int, int, float]:
     """(trials stopped before their planned iterations, iterations that avoided, trial-seconds).
 
@@ -308,7 +301,7 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         time_lost_s=sum(r["down_s"] + r["redone_s"] for r in record.resumes),
         trials_without_result=sum(not t.history for t in record.trials),
         budget_trial_iterations=record.budget_trial_iterations,
-        iterations_run=iterations_run(record),
+        iterations_run=record.iterations_run,
         wall_s=wall,
         setup_s=first_busy - record.started_at,
         trial_window_s=trial_window,
