@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import math
-import random
-
 import pytest
-
-from harness.reporting import quiz
-from harness.reporting.report import comparison_rows
-from harness.reporting.analysis import (
-    aggregate, anytime, bootstrap_ci, concurrency, early_stopping, estimate, lineage_waste, merge, pairwise,
-    segment_iteration_times, summarize, trial_intervals,
-)
 from recordkit import T0, Run
 from recordkit import row as _row
+
+from harness.reporting import quiz
+from harness.reporting.analysis import (
+    anytime,
+    concurrency,
+    early_stopping,
+    lineage_waste,
+    merge,
+    segment_iteration_times,
+    summarize,
+    trial_intervals,
+)
+from harness.reporting.report import comparison_rows
+from harness.reporting.seeds import aggregate, pairwise
 
 pytestmark = pytest.mark.unit
 
@@ -133,16 +137,6 @@ def test_anytime_curve_is_the_best_so_far_in_arrival_order():
     assert anytime(rec) == [(10, 10, 3.0), (15, 25, 2.5), (20, 35, 2.0), (30, 50, 2.0)]
 
 
-def test_bootstrap_is_seeded_degenerate_for_one_value_and_brackets_the_median():
-    assert bootstrap_ci([2.0], rng=random.Random(0)) == (2.0, 2.0)
-    values = [1.0, 2.0, 3.0, 4.0, 10.0]
-    first = bootstrap_ci(values, rng=random.Random(1))
-    assert first == bootstrap_ci(values, rng=random.Random(1))
-    assert first[0] <= 3.0 <= first[1] and first[0] >= 1.0 and first[1] <= 10.0
-    assert values == [1.0, 2.0, 3.0, 4.0, 10.0]  # input untouched
-    assert math.isnan(estimate([], random.Random(0)).median)
-
-
 def _seeds(strategy, losses, walls, *, iters=12, slots=4, exploits=False):
     """One summary per seed: ``iters`` one-second iterations spread over ``wall`` seconds."""
     out = []
@@ -162,32 +156,30 @@ def test_aggregate_ranks_comparable_budgets_and_marks_the_rest():
     assert by["pbt"].ranks == {0: 1, 1: 1, 2: 1} and by["manual"].ranks == {0: 2, 1: 2, 2: 2}
     assert by["asha"].ranks == {}
     assert by["pbt"].estimates["best_eval_loss"].median == pytest.approx(1.11)  # last rows: loss + 0.01
-    verdicts = {(a, b): v for a, b, v in pairwise(list(by.values()))}
-    assert verdicts[("manual", "pbt")] == "worse"
-
-
-def test_overlapping_intervals_are_not_distinguishable():
-    runs = _seeds("manual", [1.0, 2.0], [40, 40]) + _seeds("pbt", [1.5, 1.6], [40, 40])
-    assert pairwise(aggregate(runs)) == [("manual", "pbt", "not distinguishable with 2 seeds")]
+    (test,) = pairwise(list(by.values()))
+    assert (test.a, test.b, test.word()) == ("manual", "pbt", "not distinguishable")  # 3 seeds cannot decide
 
 
 def test_one_seed_never_separates_however_far_apart():
     runs = _seeds("manual", [5.0], [40]) + _seeds("pbt", [1.0], [10])
-    assert pairwise(aggregate(runs)) == [("manual", "pbt", "not distinguishable with 1 seed")]
+    (test,) = pairwise(aggregate(runs))
+    assert test.verdict().startswith("not distinguishable with 1 seed:")
     by = {a.strategy: a for a in aggregate(runs)}
     q2 = {v.option: v.holds for v in quiz.q2(by["pbt"], by["manual"], list(by.values()))}
     assert q2["A"] == q2["B"] == "not distinguishable"
 
 
-def test_q2_a_follows_the_wall_times_and_flips_when_the_grid_is_ten_times_slower():
-    pbt = _seeds("pbt", [1.0, 1.1], [20, 21], exploits=True)
-    fast_grid = _seeds("manual", [1.2, 1.3], [12, 13], slots=1)
-    slow_grid = _seeds("manual", [1.2, 1.3], [120, 130], slots=1)
+def test_q2_a_follows_the_paired_wall_times_and_flips_when_the_grid_is_ten_times_slower():
+    pbt = _seeds("pbt", [1.0, 1.1, 1.0, 1.1, 1.0, 1.1], [20, 21, 22, 20, 21, 22], exploits=True)
+    fast_grid = _seeds("manual", [1.2, 1.3] * 3, [12, 13, 12, 13, 12, 13], slots=1)
+    slow_grid = _seeds("manual", [1.2, 1.3] * 3, [120, 130, 120, 130, 120, 130], slots=1)
     for grid, expected in ((fast_grid, "no"), (slow_grid, "partly")):
         by = {a.strategy: a for a in aggregate(pbt + grid)}
-        q2 = {v.option: v.holds for v in quiz.q2(by["pbt"], by["manual"], list(by.values()))}
-        assert q2["A"] == expected
-        assert q2["D"] == "yes" and q2["C"] == "not refuted"
+        q2 = {v.option: v for v in quiz.q2(by["pbt"], by["manual"], list(by.values()))}
+        assert q2["A"].holds == expected and "p = 0.0312" in q2["A"].evidence
+        assert q2["D"].holds == "yes" and q2["C"].holds == "not refuted"
+    by = {a.strategy: a for a in aggregate(pbt[:2] + slow_grid[:2])}  # the same effect on two seeds: undecided
+    assert quiz.q2(by["pbt"], by["manual"], list(by.values()))[0].holds == "not distinguishable"
 
 
 def test_q2_c_is_refuted_by_any_seed_where_another_strategy_did_better():

@@ -158,19 +158,22 @@ def _reseeded(run_dir, dest, seed):
     return dest
 
 
-def test_verdicts_follow_the_numbers_a_ten_times_slower_grid_flips_q2_a(runs, tmp_path):
-    """Two seeds per side (the second a copy under another seed), as measured and with the grid's
-    record slowed ten times: PBT's Q2-A verdict turns from "no" (longer) to "partly" (shorter, but
-    it stopped nothing early)."""
+def test_verdicts_follow_the_numbers_six_seeds_decide_two_or_three_of_six_do_not(runs, tmp_path):
+    """Records edited as a reviewer would: six seeds per side (copies of the measured run under other
+    seeds), as measured and with the grid's record slowed ten times. PBT's Q2-A verdict turns from
+    "no" (longer) to "partly" (shorter, but it stopped nothing early) only when the grid is slower
+    in all six seeds: slowed in three of six, or two seeds in all, decide nothing."""
     pbt_dir, manual_dir = runs["pbt"][0], runs["manual"][0]
-    pbt = [pbt_dir, _reseeded(pbt_dir, tmp_path / "pbt-7", 7)]
-    manual = [manual_dir, _reseeded(manual_dir, tmp_path / "manual-7", 7)]
+    pbt = [pbt_dir] + [_reseeded(pbt_dir, tmp_path / f"pbt-{s}", s) for s in range(101, 106)]
+    manual = [manual_dir] + [_reseeded(manual_dir, tmp_path / f"manual-{s}", s) for s in range(101, 106)]
     slow = [_slowed(d, tmp_path / f"{d.name}-slow", 10) for d in manual]
-    as_measured = _q2_a((_compare(tmp_path, pbt + manual, "as-measured") / "comparison.md").read_text())
-    slowed = _q2_a((_compare(tmp_path, pbt + slow, "slow-grid") / "comparison.md").read_text())
-    assert (as_measured, slowed) == ("no", "partly")
-    one_seed = _q2_a((_compare(tmp_path, [pbt_dir, manual_dir], "one-seed") / "comparison.md").read_text())
-    assert one_seed == "not distinguishable"
+    as_measured = (_compare(tmp_path, pbt + manual, "as-measured") / "comparison.md").read_text()
+    slowed = (_compare(tmp_path, pbt + slow, "slow-grid") / "comparison.md").read_text()
+    assert (_q2_a(as_measured), _q2_a(slowed)) == ("no", "partly")
+    assert "p = 0.0312" in slowed.split("**pbt vs manual**", 1)[1]
+    half = _q2_a((_compare(tmp_path, pbt + slow[:3] + manual[3:], "half-slow") / "comparison.md").read_text())
+    two = _q2_a((_compare(tmp_path, pbt[:2] + slow[:2], "two-seeds") / "comparison.md").read_text())
+    assert half == two == "not distinguishable"
 
 
 def test_compare_aggregates_seeds(runs, tmp_path):

@@ -10,8 +10,9 @@ from harness import strategies
 from harness.config import ConfigError
 from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
-from harness.reporting.analysis import aggregate, metric_of, summarize
+from harness.reporting.analysis import metric_of, summarize
 from harness.reporting.report import write_comparison
+from harness.reporting.seeds import aggregate
 
 
 @dataclass(frozen=True)

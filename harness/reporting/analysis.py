@@ -1,5 +1,5 @@
 """Pure functions on run records: where the time went, budgets, concurrency, early stopping, PBT's
-waste, and the aggregation of several seeds with bootstrap intervals.
+waste, and the aggregation of several seeds (:mod:`harness.reporting.seeds`).
 
 Every number comes from :class:`~harness.contract.record.RunRecord` files (the per-iteration rows a
 strategy reported, stamped by one clock, the driver's), never from the console. Functions never
@@ -23,7 +23,6 @@ negative durations or more concurrency than trials.
 from __future__ import annotations
 
 import math
-import random
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -216,6 +215,12 @@ def anytime(record: RunRecord) -> list[tuple[float, float, float]]:
     return out
 
 
+def anytime_by_budget(record: RunRecord) -> list[tuple[float, float]]:
+    """(trial-iterations run, best metric so far) after each reported iteration, in arrival order:
+    the x-axis of the normalized anytime ranks is this count over the run's budget."""
+    return [(float(i), best) for i, (_, _, best) in enumerate(anytime(record), start=1)]
+
+
 @dataclass
 class Summary:
     """One run's measured figures (one strategy at one seed)."""
@@ -330,139 +335,3 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         best_eval_loss=best_value(record),
         phases=phases,
     )
-
-
-# --------------------------------------------------------------------------- several seeds
-
-def bootstrap_ci(values: Sequence[float], *, rng: random.Random, resamples: int = 2000,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the median. With one value the interval is that value."""
-    data = [v for v in values if not math.isnan(v)]
-    if not data:
-        return math.nan, math.nan
-    if len(data) == 1:
-        return data[0], data[0]
-    medians = sorted(statistics.median(rng.choices(data, k=len(data))) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return medians[int(tail * (resamples - 1))], medians[int((1 - tail) * (resamples - 1))]
-
-
-@dataclass(frozen=True)
-class Estimate:
-    median: float
-    low: float
-    high: float
-    values: tuple[float, ...]
-
-
-def estimate(values: Sequence[float], rng: random.Random) -> Estimate:
-    low, high = bootstrap_ci(values, rng=rng)
-    clean = [v for v in values if not math.isnan(v)]
-    return Estimate(_median(clean), low, high, tuple(values))
-
-
-#: Figures aggregated per strategy with an interval.
-ESTIMATED = ("best_eval_loss", "wall_s", "sum_runtime_s")
-#: Figures aggregated per strategy as a median across seeds.
-MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall", "slot_utilization", "wall_utilization",
-           "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
-           "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
-           "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",
-           "trials_without_result", "completed_all_iterations", "retries", "resumes", "redone_iterations", "rerun_iterations",
-           "time_lost_s")
-
-
-@dataclass
-class Aggregate:
-    """One strategy across seeds."""
-
-    strategy: str
-    seeds: list[int]
-    runs: list[Summary]
-    estimates: dict[str, Estimate]
-    medians: dict[str, float]
-    ranks: dict[int, int] = field(default_factory=dict)  # seed -> rank of best_eval_loss among comparable strategies
-    comparable: bool = True
-    mode: str = "min"
-
-    def __getitem__(self, key: str) -> float:
-        return self.estimates[key].median if key in self.estimates else self.medians[key]
-
-
-def aggregate(summaries: list[Summary], *, mode: str = "min", seed: int = 0) -> list[Aggregate]:
-    """Group run summaries by strategy (in the order first seen), estimate medians with a seeded
-    bootstrap interval, mark budgets that disagree with the most common one by more than
-    :data:`BUDGET_TOLERANCE` as not comparable, and rank comparable strategies per seed."""
-    rng = random.Random(f"bootstrap/{seed}")
-    groups: dict[str, list[Summary]] = {}
-    for s in summaries:
-        groups.setdefault(s.strategy, []).append(s)
-    out = []
-    for name, runs in groups.items():
-        runs = sorted(runs, key=lambda s: s.seed)
-        out.append(Aggregate(
-            strategy=name, seeds=[s.seed for s in runs], runs=runs, mode=mode,
-            estimates={k: estimate([getattr(s, k) for s in runs], rng) for k in ESTIMATED},
-            medians={k: _median([float(getattr(s, k)) for s in runs if not math.isnan(float(getattr(s, k)))])
-                     for k in MEDIANS},
-        ))
-    reference = reference_budget(out)
-    for a in out:
-        a.comparable = budgets_agree(a["iterations_run"], reference)
-    seeds = sorted({seed_ for a in out for seed_ in a.seeds})
-    for seed_ in seeds:
-        entries = [(s.best_eval_loss, a) for a in out if a.comparable for s in a.runs
-                   if s.seed == seed_ and not math.isnan(s.best_eval_loss)]
-        entries.sort(key=lambda e: e[0] if mode == "min" else -e[0])
-        for rank, (_, a) in enumerate(entries, start=1):
-            a.ranks[seed_] = rank
-    return out
-
-
-def reference_budget(aggregates: list[Aggregate]) -> float:
-    """The budget most strategies used (ties: the larger), against which the others are checked."""
-    used = [round(a["iterations_run"]) for a in aggregates if not math.isnan(a["iterations_run"])]
-    if not used:
-        return math.nan
-    return float(max(set(used), key=lambda b: (used.count(b), b)))
-
-
-def budgets_agree(used: float, reference: float) -> bool:
-    return not math.isnan(reference) and reference > 0 and abs(used - reference) <= BUDGET_TOLERANCE * reference
-
-
-def separated(a: Estimate, b: Estimate) -> int:
-    """-1 if a's interval lies entirely below b's, 1 if entirely above, 0 if they overlap."""
-    if a.high < b.low:
-        return -1
-    if a.low > b.high:
-        return 1
-    return 0
-
-
-#: Fewer seeds than this on either side never separate: one run per side says nothing of the spread.
-MIN_SEEDS = 2
-
-
-def decided(a: Aggregate, b: Aggregate, key: str) -> int:
-    """:func:`separated` on ``key``, or 0 while either side has fewer than :data:`MIN_SEEDS` runs."""
-    if min(len(a.runs), len(b.runs)) < MIN_SEEDS:
-        return 0
-    return separated(a.estimates[key], b.estimates[key])
-
-
-def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss") -> list[tuple[str, str, str]]:
-    """(a, b, verdict) for every pair of comparable strategies: "better" or "worse" only where both
-    have :data:`MIN_SEEDS` runs or more and the intervals of ``key`` separate (lower is better for
-    times and for a ``min`` metric)."""
-    out = []
-    comparable = [a for a in aggregates if a.comparable]
-    for i, a in enumerate(comparable):
-        for b in comparable[i + 1:]:
-            side = decided(a, b, key)
-            if key == "best_eval_loss" and a.mode == "max":
-                side = -side
-            n = min(len(a.runs), len(b.runs))
-            verdict = {-1: "better", 1: "worse"}.get(side, f"not distinguishable with {n} seed{'s' * (n != 1)}")
-            out.append((a.strategy, b.strategy, verdict))
-    return out

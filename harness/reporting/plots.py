@@ -16,10 +16,12 @@ import numpy as np  # noqa: E402
 from harness.contract.record import RunRecord, Status  # noqa: E402
 from harness.reporting.analysis import (  # noqa: E402
     anytime,
+    anytime_by_budget,
     early_stopping,
     planned_iterations,
     trial_intervals,
 )
+from harness.reporting.seeds import FRACTIONS, Ranking, anytime_ranks  # noqa: E402
 
 _STATUS_COLOURS = {"TERMINATED": "tab:green", "ERROR": "tab:red", "RUNNING": "tab:orange", "PENDING": "tab:gray"}
 
@@ -138,6 +140,66 @@ def anytime_curves(aggregates: list[Any], records: dict[tuple[str, int], RunReco
     axes[0].set_ylabel("best eval_loss so far")
     axes[0].legend(fontsize=8)
     fig.suptitle("Anytime performance: median across seeds, band from best to worst seed", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def anytime_rank(aggregates: list[Any], records: dict[tuple[str, int], RunRecord], path: Path) -> Path:
+    """Syne Tune's normalized anytime plot: the average rank (over seeds) of each strategy's best
+    metric so far, against the fraction of its budget (trial-iterations) spent."""
+    curves = {(a.strategy, s.seed): anytime_by_budget(records[(a.strategy, s.seed)]) for a in aggregates for s in a.runs}
+    budgets = {key: float(records[key].budget_trial_iterations or max(1, len(curves[key]))) for key in curves}
+    ranks = anytime_ranks(curves, budgets, aggregates[0].mode if aggregates else "min")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for name, values in ranks.items():
+        ax.step(FRACTIONS, values, where="post", label=name)
+    ax.set_xlabel("fraction of the budget spent (trial-iterations run / budget)")
+    ax.set_ylabel("average rank of the best metric so far (1 is best)")
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    n = len({seed for _, seed in curves})
+    ax.set_title(f"Anytime rank, normalized by budget ({n} seed{'s' * (n != 1)}; no result yet ranks last)",
+                 fontsize=10, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def critical_difference(rank: Ranking, path: Path) -> Path:
+    """Demšar's critical-difference diagram: average ranks on an axis, strategies whose ranks differ
+    by less than the Nemenyi critical difference joined by a bar (drawn here: the few lines of it
+    do not justify a plotting dependency such as scikit-posthocs)."""
+    order = sorted(zip(rank.mean_ranks, rank.strategies))
+    k = len(order)
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.3 * k))
+    ax.set_xlim(k + 0.2, 0.8)  # rank 1 on the right, as in Demšar's figures
+    ax.set_ylim(-(k + 2) * 0.3, 1.2)
+    ax.axhline(0, color="black", linewidth=1)
+    for r in range(1, k + 1):
+        ax.plot([r, r], [0, 0.1], color="black", linewidth=1)
+        ax.text(r, 0.2, str(r), ha="center", fontsize=8)
+    for i, (value, name) in enumerate(order):
+        y = -(i + 1) * 0.3
+        ax.plot([value, value, k + 0.2 if i < k / 2 else 0.8], [0, y, y], color="tab:blue", linewidth=0.8)
+        ax.text(k + 0.15 if i < k / 2 else 0.85, y + 0.03, f"{name} ({value:.2f})", fontsize=8,
+                ha="left" if i < k / 2 else "right")
+    cd = rank.critical_difference
+    ax.plot([1, 1 + cd], [0.8, 0.8], color="tab:red", linewidth=2)
+    ax.text(1 + cd / 2, 0.9, f"CD = {cd:.2f}", ha="center", fontsize=8, color="tab:red")
+    groups: list[tuple[int, int]] = []  # maximal runs of strategies within one CD of each other
+    for i, (low, _) in enumerate(order):
+        j = max(j for j, (v, _) in enumerate(order) if v - low < cd)
+        if j > i and not any(a <= i and j <= b for a, b in groups):
+            groups.append((i, j))
+    for bar, (i, j) in enumerate(groups):
+        ax.plot([order[i][0] - 0.03, order[j][0] + 0.03], [-0.1 - 0.08 * bar] * 2, color="black", linewidth=3)
+    ax.axis("off")
+    ax.set_title(f"Critical difference (Nemenyi, α = {rank.alpha:g}, {len(rank.seeds)} seeds); Friedman p = "
+                 f"{rank.friedman_p:.3g}", fontsize=9, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

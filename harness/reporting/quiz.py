@@ -8,15 +8,11 @@ The exercise has no answer key and none is cited.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from harness.reporting.analysis import (
-    MIN_SEEDS,
-    PARALLEL_THRESHOLD,
-    UNDER_USED,
-    Aggregate,
-    decided,
-)
+from harness.reporting.analysis import PARALLEL_THRESHOLD, UNDER_USED
+from harness.reporting.seeds import Aggregate, PairedTest, is_primary, paired
 
 Q1 = ("Eight PBT trials each take about 20 minutes, yet the whole job ends after about 25. Why is the job "
       "so much shorter than the sum of the trials' runtimes?")
@@ -88,29 +84,29 @@ def q1(a: Aggregate) -> tuple[list[Verdict], str]:
     return verdicts, conclusion
 
 
+def _alone(test: PairedTest) -> PairedTest:
+    """A pair outside the primary ones, asked on its own: Holm over a family of one is p itself."""
+    return replace(test, p_adjusted=test.p)
+
+
 def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> list[Verdict]:
     """What a population-based ``candidate`` offers over the sequential grid ``manual``."""
-    wall_side = decided(candidate, manual, "wall_s")
-    n = min(len(candidate.runs), len(manual.runs))
-    shorter = {-1: "shorter", 1: "longer"}.get(wall_side, f"not distinguishable with {n} seed{'s' * (n != 1)}")
+    primary = is_primary(candidate.strategy, manual.strategy)
+    wall = paired(candidate, manual, "wall_s", primary=primary)
+    wall = wall if primary else _alone(wall)
     stopped = candidate["early_stop_avoided_iterations"] > 0
-    if wall_side == -1:
-        a_holds = "yes" if stopped else "partly"
-    elif wall_side == 1:
-        a_holds = "no"
-    else:
-        a_holds = "not distinguishable"
+    a_holds = {-1: "yes" if stopped else "partly", 1: "no"}.get(wall.side, "not distinguishable")
     cw, mw = candidate.estimates["wall_s"], manual.estimates["wall_s"]
 
-    def rate(a: Aggregate) -> float:
+    def rate(s: Any) -> float:
+        return s.distinct_configs / (s.wall_s / 60) if s.wall_s > 0 else math.nan
+
+    def per_minute(a: Aggregate) -> float:
         return a["distinct_configs"] / (a["wall_s"] / 60) if a["wall_s"] > 0 else math.nan
 
-    c_rate, m_rate = rate(candidate), rate(manual)
-    rates_c = [s.distinct_configs / (s.wall_s / 60) for s in candidate.runs if s.wall_s > 0]
-    rates_m = [s.distinct_configs / (s.wall_s / 60) for s in manual.runs if s.wall_s > 0]
-    enough = min(len(rates_c), len(rates_m)) >= MIN_SEEDS
-    b_holds = ("yes" if enough and min(rates_c) > max(rates_m) else
-               "no" if enough and max(rates_c) < min(rates_m) else "not distinguishable")
+    rates = paired(candidate, manual, rate, name="configs per wall-minute", primary=primary, lower_is_better=False)
+    rates = rates if primary else _alone(rates)
+    b_holds = {-1: "yes", 1: "no"}.get(rates.side, "not distinguishable")
 
     beaten = []
     for s in candidate.runs:
@@ -125,16 +121,17 @@ def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> li
     manual_full = all(s.completed_all_iterations == s.trials for s in manual.runs)
     return [
         Verdict("A", Q2_OPTIONS["A"], a_holds,
-                f"with {MIN_SEEDS}+ seeds each: yes if the wall-time intervals separate with the candidate shorter "
-                "and it stopped trials early; partly if only shorter; no if longer",
-                f"{candidate.strategy} wall {cw.median:.1f} s [{cw.low:.1f}, {cw.high:.1f}] vs {manual.strategy} "
-                f"{mw.median:.1f} s [{mw.low:.1f}, {mw.high:.1f}]: {shorter}; {candidate['mean_concurrency']:.2f} trials "
-                f"at once; {candidate['early_stop_avoided_iterations']:.0f} iterations stopped early"),
+                f"the exact paired test on per-seed wall times at α = {wall.alpha:g}: yes if the candidate is shorter "
+                "and stopped trials early; partly if only shorter; no if longer; otherwise not distinguishable",
+                f"{candidate.strategy} wall {cw.median:.1f} s vs {manual.strategy} {mw.median:.1f} s (medians): "
+                f"{wall.verdict()}; {candidate['mean_concurrency']:.2f} trials at once; "
+                f"{candidate['early_stop_avoided_iterations']:.0f} iterations stopped early"),
         Verdict("B", Q2_OPTIONS["B"], b_holds,
-                f"with {MIN_SEEDS}+ seeds each: yes if every seed's distinct configurations per wall-minute exceed "
-                "every seed's of the grid; no if all fall below",
-                f"{candidate.strategy} {candidate['distinct_configs']:.0f} distinct configs, {c_rate:.1f}/min; "
-                f"{manual.strategy} {manual['distinct_configs']:.0f}, {m_rate:.1f}/min (medians of {_n(candidate)})"),
+                f"the exact paired test on per-seed distinct configurations per wall-minute at α = {rates.alpha:g}: "
+                "yes if the candidate's are higher, no if lower, otherwise not distinguishable",
+                f"{candidate.strategy} {candidate['distinct_configs']:.0f} distinct configs, "
+                f"{per_minute(candidate):.1f}/min; {manual.strategy} {manual['distinct_configs']:.0f}, "
+                f"{per_minute(manual):.1f}/min (medians of {_n(candidate)}): {rates.verdict()}"),
         Verdict("C", Q2_OPTIONS["C"], "no" if beaten else "not refuted",
                 "no if in any seed another strategy found a better value; a finite run can refute a guarantee, "
                 "never prove one",

@@ -14,7 +14,7 @@ from harness import strategies
 from harness.contract.iteration import PHASES
 from harness.contract.record import RunRecord, Status
 from harness.reporting import quiz
-from harness.reporting.analysis import pairwise
+from harness.reporting.seeds import ALPHA, MEASURES, pairwise, ranking
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,9 @@ COMPARISON_COLUMNS = [
     ("strategy", "strategy"), ("role", "role"), ("seeds", "seeds"),
     ("budget_trial_iterations", "budget (trial-iterations)"), ("iterations_run", "iterations run"),
     ("comparable", "budget comparable"), ("slots", "slots"),
-    ("best_eval_loss_median", "best eval_loss (median)"), ("best_eval_loss_ci_low", "CI low"),
-    ("best_eval_loss_ci_high", "CI high"), ("ranks", "rank per seed"),
+    ("best_eval_loss_median", "best eval_loss (median)"), ("best_eval_loss_ci_low", "interval low"),
+    ("best_eval_loss_ci_high", "interval high"), ("interval", "interval kind (bootstrap: 95%, from 5 seeds; else range)"),
+    ("ranks", "rank per seed"), ("mean_rank", "mean rank"),
     ("wall_s_median", "wall (s)"), ("wall_s_ci_low", "wall CI low"), ("wall_s_ci_high", "wall CI high"),
     ("sum_runtime_s_median", "Σ trial runtime (s)"), ("sum_runtime_s_ci_low", "Σ CI low"),
     ("sum_runtime_s_ci_high", "Σ CI high"), ("mean_concurrency", "mean at once (Σ/window)"),
@@ -162,7 +163,9 @@ def comparison_rows(aggregates: list[Any]) -> list[dict[str, Any]]:
             "role": strategies.REGISTRY[a.strategy].role if a.strategy in strategies.REGISTRY else "",
             "seeds": " ".join(map(str, a.seeds)),
             "comparable": "yes" if a.comparable else "no",
-            "ranks": " ".join(f"{seed}:{a.ranks[seed]}" for seed in a.seeds if seed in a.ranks),
+            "ranks": " ".join(f"{seed}:{a.ranks[seed]:g}" for seed in a.seeds if seed in a.ranks),
+            "mean_rank": a.mean_rank,
+            "interval": a.estimates["best_eval_loss"].kind,
         }
         for key, est in a.estimates.items():
             row.update({f"{key}_median": est.median, f"{key}_ci_low": est.low, f"{key}_ci_high": est.high})
@@ -178,27 +181,30 @@ def comparison_table(aggregates: list[Any]) -> Table:
     def num(value: Any, digits: int = 1) -> str:
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
-    def interval(row: dict[str, Any], key: str, digits: int) -> str:
-        median, low, high = (row.get(f"{key}_{part}") for part in ("median", "ci_low", "ci_high"))
-        if low == high:
-            return num(median, digits)
-        return f"{num(median, digits)} [{num(low, digits)}, {num(high, digits)}]"
+    def interval(a: Any, key: str, digits: int) -> str:
+        est = a.estimates[key]
+        if est.kind not in ("bootstrap", "range") or est.low == est.high:
+            return num(est.median, digits)
+        name = "95% CI" if est.kind == "bootstrap" else "range"
+        return f"{num(est.median, digits)} ({name} {num(est.low, digits)} to {num(est.high, digits)})"
 
     rows = []
-    for row in comparison_rows(aggregates):
+    for a, row in zip(aggregates, comparison_rows(aggregates)):
         rows.append([
             row["strategy"], row["role"], row["seeds"],
             f"{num(row['iterations_run'], 0)} / {num(row['budget_trial_iterations'], 0)}"
             + ("" if row["comparable"] == "yes" else " (not comparable)"),
-            num(row["slots"], 0), interval(row, "best_eval_loss", 4), row["ranks"],
-            interval(row, "wall_s", 1), interval(row, "sum_runtime_s", 1), num(row["mean_concurrency"], 2),
+            num(row["slots"], 0), interval(a, "best_eval_loss", 4), row["ranks"], num(row["mean_rank"], 2),
+            interval(a, "wall_s", 1), interval(a, "sum_runtime_s", 1), num(row["mean_concurrency"], 2),
             f"{row['slot_utilization']:.0%}" if not math.isnan(row["slot_utilization"]) else "",
             num(row["overhead_ratio"], 2), num(row["first_iteration_ratio"], 2), num(row["early_stop_avoided_s"]),
             num(row["discarded_s"]), num(row["exploits"], 0), num(row["distinct_configs"], 0),
             num(row["errored"], 0), num(row["retries"], 0), num(row["rerun_iterations"], 0), num(row["time_lost_s"]),
         ])
-    return Table("comparison", "Strategies side by side (medians across seeds, [bootstrap 95% interval])",
+    return Table("comparison", "Strategies side by side (medians across seeds; a 95% bootstrap interval (95% CI) "
+                 "from 5 seeds, the range of the values below that)",
                  ["strategy", "role", "seeds", "iterations run / budget", "slots", "best eval_loss", "rank per seed",
+                  "mean rank",
                   "wall (s)", "Σ trial runtime (s)", "trials at once (Σ/window)", "slot utilization",
                   "overhead ratio", "1st/later iteration", "avoided by early stop (trial-s)",
                   "discarded by exploits (trial-s)", "exploits", "distinct configs", "errored trials",
@@ -236,11 +242,37 @@ def phases_table(aggregates: list[Any]) -> Table:
 
 
 def pairwise_table(aggregates: list[Any]) -> Table:
-    rows = [[a, "best eval_loss", verdict, b] for a, b, verdict in pairwise(aggregates, "best_eval_loss")]
-    rows += [[a, "wall time", {"better": "shorter", "worse": "longer"}.get(verdict, verdict), b]
-             for a, b, verdict in pairwise(aggregates, "wall_s")]
-    return Table("pairwise", "Pairwise, only where the 95% intervals separate (comparable budgets only)",
-                 ["strategy", "on", "verdict", "than"], rows)
+    """Every pair of comparable strategies, paired by seed (:mod:`harness.reporting.seeds`)."""
+    rows = []
+    for key, (measure, _, _) in MEASURES.items():
+        for t in pairwise(aggregates, key):
+            mean = sum(t.differences) / len(t.differences) if t.differences else math.nan
+            rows.append([t.a, measure, t.verdict(), t.b, "primary" if t.primary else "exploratory (Holm)", t.n,
+                         mean, t.p, t.p_adjusted, t.alpha])
+    return Table("pairwise", f"Pairwise, paired by seed: exact sign-flip permutation test on the per-seed differences, "
+                 f"α = {ALPHA:g}; PBT against each baseline is primary, every other pair exploratory (Holm-adjusted); "
+                 "comparable budgets only",
+                 ["strategy", "on", "verdict", "than", "test", "seeds", "mean difference (strategy - than)", "p",
+                  "p (Holm)", "α"], rows)
+
+
+def ranking_markdown(aggregates: list[Any]) -> str:
+    """Average ranks per seed across all comparable strategies, Friedman's test where it can decide."""
+    r = ranking(aggregates)
+    lines = ["### All strategies at once: average rank of the best metric per seed (1 is best)", ""]
+    if not r.seeds:
+        return "\n".join(lines + ["No seed was run by every comparable strategy.", ""]) + "\n"
+    lines.append(", ".join(f"{name} {rank:.2f}" for name, rank in sorted(zip(r.strategies, r.mean_ranks),
+                                                                         key=lambda e: e[1]))
+                 + f" (over {len(r.seeds)} seed{'s' * (len(r.seeds) != 1)} every strategy ran).")
+    if r.tested:
+        decided = "the strategies differ" if r.friedman_p <= r.alpha else "no difference among the strategies is shown"
+        lines += ["", f"Friedman test: χ² = {r.friedman_statistic:.2f}, p = {r.friedman_p:.3g} (α = {r.alpha:g}): "
+                      f"{decided}. Nemenyi critical difference of the average ranks: {r.critical_difference:.2f} "
+                      "(two strategies whose ranks differ by less are joined by a bar in critical_difference.png)."]
+    else:
+        lines += ["", r.why_not_tested() + "."]
+    return "\n".join(lines) + "\n"
 
 
 def quiz_markdown(aggregates: list[Any]) -> str:
@@ -278,8 +310,12 @@ def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list
     runs = runs_table(aggregates)
     files[2].write_text(runs.csv())
     first = {a.strategy: records[(a.strategy, a.runs[0].seed)] for a in aggregates}
-    figures = [plots.anytime_curves(aggregates, records, out / "anytime.png"), plots.gantt(first, out / "gantt.png"),
+    figures = [plots.anytime_curves(aggregates, records, out / "anytime.png"),
+               plots.anytime_rank(aggregates, records, out / "anytime_rank.png"), plots.gantt(first, out / "gantt.png"),
                plots.losses(first, out / "eval_loss.png")]
+    rank = ranking(aggregates)
+    if rank.tested:
+        figures.append(plots.critical_difference(rank, out / "critical_difference.png"))
     for name, rec in first.items():
         if name in strategies.REGISTRY and strategies.REGISTRY[name].exploits:
             figures.append(plots.lineage(rec, out / f"{name}_lineage.png"))
@@ -288,6 +324,7 @@ def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list
             "Budgets are compared on the trial-iterations each run really trained; a strategy whose budget "
             "differs from the most common one by more than 10% is shown but not ranked.\n\n"
             f"{comparison_table(aggregates).markdown()}\n{pairwise_table(aggregates).markdown()}\n"
+            f"{ranking_markdown(aggregates)}\n"
             f"{phases_table(aggregates).markdown()}\n{runs.markdown()}\n{quiz_markdown(aggregates)}\n"
             + "\n".join(f"![{p.stem}]({p.name})" for p in figures) + "\n")
     files[1].write_text(text)

@@ -36,6 +36,9 @@ class Strategy:
     """One trial at a time, in the driver: the exercise's manual tuning."""
     exploits: bool = False
     """Population-based: trials restart from other trials' checkpoints."""
+    primary: bool = False
+    """The quiz's subject: its paired tests against every baseline are the comparison's primary
+    tests (each at α); every other pair is exploratory (Holm-adjusted)."""
     artifacts: tuple[str, ...] = ()
     """Globs in Ray's experiment folder copied into the run folder (and logged to MLflow)."""
 
@@ -58,7 +61,7 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("asha", "baseline", "ASHA: random samples until the budget is spent, weak trials stop at rungs",
              trials=TRIALS_UNTIL_SPENT),
     Strategy("pbt", "candidate", "Population-Based Training (Ray Tune)", trials=TRIALS_POPULATION, exploits=True,
-             artifacts=("pbt_*.txt",)),
+             primary=True, artifacts=("pbt_*.txt",)),
     Strategy("pb2", "candidate", "PB2: PBT whose explore step is a GP bandit (Ray Tune)", trials=TRIALS_POPULATION,
              exploits=True, artifacts=("pbt_*.txt",)),
 )}
