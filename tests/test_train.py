@@ -14,7 +14,8 @@ from harness.trial.data import prepare
 from harness.contract.iteration import HParams
 from harness.trial.deepspeed import zero_config as deepspeed_config
 from harness.trial.ranks import run_distributed, run_trial_segment
-from harness.trial.segment import META_FILE, MODEL_DIR, Segment, TrialError, run_segment
+from harness.trial.checkpoint import META_FILE, MODEL_DIR, Segment, TrialError
+from harness.trial.segment import run_segment
 
 
 @pytest.fixture(scope="module")

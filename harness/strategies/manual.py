@@ -23,7 +23,7 @@ from harness.contract.iteration import HParams, Iteration, IterationReport
 from harness.contract.record import Status
 from harness.strategies import StrategyContext, StrategyResult
 from harness.trial.ranks import run_trial_segment
-from harness.trial.segment import META_FILE, Segment, restart_point
+from harness.trial.checkpoint import META_FILE, Segment, restart_point
 
 log = logging.getLogger(__name__)
 

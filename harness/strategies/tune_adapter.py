@@ -41,7 +41,7 @@ def trainable(config: dict[str, Any], *, cfg: ExperimentConfig, model_path: str,
     # The trainer (transformers' Trainer: 5 s to import) is imported here, in the trial process, and
     # counted as the segment's imports: the driver only hands this function to Ray by reference.
     from harness.trial.ranks import run_trial_segment
-    from harness.trial.segment import Segment, restart_point
+    from harness.trial.checkpoint import Segment, restart_point
 
     imports = time.time() - importing
 

@@ -34,7 +34,8 @@ from harness.config import ExperimentConfig, resolve
 from harness.contract.iteration import HParams, IterationReport
 from harness.trial.model import load_tokenizer, train_tiny_tokenizer
 from harness.trial.ranks import run_trial_segment
-from harness.trial.segment import MODEL_DIR, Segment, run_segment
+from harness.trial.checkpoint import MODEL_DIR, Segment
+from harness.trial.segment import run_segment
 
 #: bigscience/bloom-560m's architecture (its config.json), for random init.
 BLOOM_560M = {"hidden_size": 1024, "n_layer": 24, "n_head": 16, "vocab_size": 250880}

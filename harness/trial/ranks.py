@@ -21,7 +21,8 @@ import torch
 
 from harness.contract.iteration import IterationReport
 from harness.trial import process
-from harness.trial.segment import Reporter, Segment, TrialError, run_segment
+from harness.trial.checkpoint import Reporter, Segment, TrialError
+from harness.trial.segment import run_segment
 
 
 def run_trial_segment(seg: Segment, report: Reporter) -> None:

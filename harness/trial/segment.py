@@ -24,8 +24,7 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,51 +32,16 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from harness.config import ExperimentConfig
 from harness.contract.iteration import (
     SETUP_PHASES,
-    HParams,
     IterationReport,
     checkpoint_name,
 )
 from harness.trial import faults, process
+from harness.trial.checkpoint import META_FILE, MODEL_DIR, Reporter, Segment, TrialError
 from harness.trial.data import PadCollator, TokenizedDataset, load_prepared
 from harness.trial.deepspeed import zero_config
 from harness.trial.model import load_model, load_tokenizer
-
-#: A checkpoint folder: the weights (``MODEL_DIR``, an ordinary model folder) and our metadata.
-META_FILE = "harness_trial.json"
-MODEL_DIR = "model"
-
-#: Called on rank 0 after each iteration with the report and the checkpoint folder, which is
-#: removed when it returns (the reporter copies what it keeps; ``tune.report`` does).
-Reporter = Callable[[IterationReport, str], None]
-
-
-class TrialError(RuntimeError):
-    """A trial's worker failed; the message says which rank and how."""
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Everything one training segment needs; picklable, so ranks can receive it."""
-
-    cfg: ExperimentConfig
-    hparams: HParams
-    model_path: str
-    data_path: str
-    trial_id: str
-    workdir: str
-    start_iteration: int = 0
-    init_weights: str = ""  # a checkpoint's model folder, empty for the base model
-    exploited_from: str = ""  # the donor trial, when this segment starts from its checkpoint
-    epochs_before: float = 0.0  # epochs trained into ``init_weights`` (batch sizes may differ)
-    cache_dir: str = ""  # where DeepSpeed may build ops (TORCH_EXTENSIONS_DIR)
-    setup_phases: Mapping[str, float] = field(default_factory=dict)  # measured before the segment (process_up, restore)
-
-    @property
-    def remaining(self) -> int:
-        return self.cfg.train.iterations - self.start_iteration
 
 
 def training_arguments(seg: Segment, *, distributed: bool) -> TrainingArguments:
@@ -240,13 +204,3 @@ def run_segment(seg: Segment, report: Reporter, *, rank: int = 0, world_size: in
             f"trial {seg.trial_id} trained {callback.done} iterations instead of {seg.remaining} "
             f"(from {seg.start_iteration} to {seg.cfg.train.iterations})"
         )
-
-
-def restart_point(checkpoint: Path, into: Path, trial_id: str) -> dict[str, Any]:
-    """Where a segment starts from a checkpoint folder (ours: weights + metadata): its weights are
-    copied to ``into`` (the scheduler may delete old checkpoints while the segment trains)."""
-    meta = json.loads((checkpoint / META_FILE).read_text())
-    shutil.copytree(checkpoint / MODEL_DIR, into)
-    return {"start_iteration": int(meta["iteration"]), "init_weights": str(into),
-            "epochs_before": float(meta["epoch"]),
-            "exploited_from": meta["trial_id"] if meta["trial_id"] != trial_id else ""}
