@@ -321,7 +321,22 @@ def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss",
             tests.append(paired(a, b, key, primary=primary(a.strategy, b.strategy), lower_is_better=lower))
     exploratory = [t for t in tests if not t.primary]
     adjusted = dict(zip(map(id, exploratory), holm([t.p for t in exploratory])))
-    return [t if t.primary else PairedTest(**{**vars(t), "p_adjusted": adjusted[id(t)]}) for t in tests]
+    return [_primary_first(t) if t.primary else PairedTest(**{**vars(t), "p_adjusted": adjusted[id(t)]})
+            for t in tests]
+
+
+def _primary_first(t: PairedTest) -> PairedTest:
+    """A primary test told from the primary strategy's side: "pbt better than manual"."""
+    if not _is_primary_strategy(t.b):
+        return t
+    return PairedTest(t.b, t.a, t.key, t.seeds, tuple(-d for d in t.differences), t.p, t.primary, t.lower_is_better,
+                      t.p_adjusted, t.alpha)
+
+
+def _is_primary_strategy(name: str) -> bool:
+    from harness import strategies
+
+    return name in strategies.REGISTRY and strategies.REGISTRY[name].primary
 
 
 # --------------------------------------------------------------------------- all strategies at once

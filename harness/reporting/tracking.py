@@ -477,7 +477,8 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
         tags={"kind": "comparison", "strategies": ",".join(a.strategy for a in aggregates), **tags,
               DESCRIPTION: f"Comparison of {', '.join(a.strategy for a in aggregates)} over seeds "
                            f"{' '.join(map(str, seeds))}. Each child run is one strategy's medians across seeds "
-                           "(with _ci_low/_ci_high bootstrap intervals); select them all and press Compare, or open "
+                           "(with _ci_low/_ci_high: a 95% bootstrap interval from 5 seeds, the range below, as the "
+                           "interval tag says); select them all and press Compare, or open "
                            "the compare URL that `make compare` prints. Artifacts: comparison.md, CSV, plots."})
     pid = parent.info.run_id
     try:
@@ -490,6 +491,7 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
                                                          + ("comparable" if a.comparable else "NOT comparable"),
                                             "strategy": a.strategy, "seeds": " ".join(map(str, a.seeds)),
                                             "budget_comparable": str(a.comparable).lower(),
+                                            "interval": a.estimates["best_eval_loss"].kind,
                                             "run_dirs": "\n".join(s.run_dir for s in a.runs)[:5000]})
             # only what answers the question, so the compare view shows it without scrolling far;
             # every other figure is in the comparison run's comparison.csv
@@ -498,6 +500,7 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
                 metrics[key] = est.median
             est = a.estimates["best_eval_loss"]
             metrics.update(best_eval_loss_ci_low=est.low, best_eval_loss_ci_high=est.high)
+            metrics["mean_rank"] = a.mean_rank
             ts = _now_ms()
             client.log_batch(child.info.run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()
                                                          if v is not None and not math.isnan(float(v))])
