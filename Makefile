@@ -19,7 +19,9 @@ parallel = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup
 CACHE_DIR ?= $(RESULTS_DIR)/.cache
 # extra `python -m harness run/prepare` flags, e.g. HARNESS_ARGS="--set data.train_samples=200"
 HARNESS_ARGS ?=
-# bench-*: one run per seed (SEEDS="0 1 2"); empty runs the preset's own seed
+# bench-<strategy>: one run per seed (SEEDS="0 1 2"); empty runs the preset's own seed. bench-all and
+# controls: every strategy per seed in one driver; empty SEEDS there means 0 1 2 3 4 5, the fewest seeds
+# with which an exact paired test can decide at alpha = 0.05
 SEEDS ?=
 # SLURM submission (make submit-pbt, submit-manual): what each node job asks for (the seed's node:
 # Cnode=20, Gnode=8, Csys=2 on every node), how many worker jobs join, and the image the jobs run in
@@ -36,7 +38,7 @@ FAULTS ?= 20
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare resume strategies bench-all bench-cpu compare test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume strategies tasks bench-all bench-cpu compare controls calibrate test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
 # bench-<strategy> and submit-<strategy> are pattern rules: one per registered strategy, no file behind them
 
 help: ## list the targets
@@ -71,14 +73,33 @@ resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill o
 	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }
 	HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness run --resume "$(RUN)" $(HARNESS_ARGS)
 
-bench-all: $(STAMP) ## every registered strategy (make strategies), each once per seed in SEEDS
-	for strategy in $$($(PY) -m harness strategies); do $(MAKE) --no-print-directory "bench-$$strategy"; done
+tasks: $(STAMP) ## list the registered tasks (what a trial trains; PRESET=<task> runs one on its own defaults)
+	@$(PY) -m harness tasks --describe
+
+bench-all: $(STAMP) ## every registered strategy x every seed in SEEDS (default 0..5), in one driver and one Ray session
+	HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness bench --preset $(PRESET) --results-dir $(RESULTS_DIR) $(if $(SEEDS),--seeds "$(SEEDS)") $(HARNESS_ARGS)
 
 bench-cpu: ## the compute-dominated CPU comparison: real SQuAD text, a wider tiny BLOOM (PRESET=cpu)
 	$(MAKE) bench-all compare PRESET=cpu
 
 compare: $(STAMP) ## compare the newest run of each strategy and seed of PRESET in RESULTS_DIR (or RUNS="dir dir ...")
 	$(PY) -m harness compare $(if $(RUNS),$(RUNS),--latest $(RESULTS_DIR) --preset $(PRESET)) --out $(RESULTS_DIR)/comparison-$$(date +%Y%m%d-%H%M%S) --ui-port $(MLFLOW_PORT)
+
+# the known-answer controls (torch-free tasks, harness/tasks/): every strategy x SEEDS on each, then its comparison
+CONTROLS ?= pbt_control null_control
+controls: $(STAMP) ## the positive and negative controls at SEEDS (default 0..5), each compared: PBT must be better, then nothing may be
+	for task in $(CONTROLS); do \
+	  $(PY) -m harness bench --preset $$task --results-dir $(RESULTS_DIR)/controls/$$task $(if $(SEEDS),--seeds "$(SEEDS)") $(HARNESS_ARGS) && \
+	  $(PY) -m harness compare --latest $(RESULTS_DIR)/controls/$$task --preset $$task --out $(RESULTS_DIR)/controls/$$task/comparison-$$(date +%Y%m%d-%H%M%S) --ui-port $(MLFLOW_PORT) || exit $$?; \
+	done
+
+# calibration: POOL seeds of every strategy on each control, REPS comparisons of 6 seeds drawn from them
+POOL ?= 24
+REPS ?= 200
+calibrate: $(STAMP) ## how often the verdicts decide on the controls (false positives <= alpha, power >= 80%); runs are kept and reused
+	for task in $(CONTROLS); do \
+	  $(PY) -m harness calibrate --preset $$task --results-dir $(RESULTS_DIR)/calibrate/$$task --pool $(POOL) --reps $(REPS) --no-mlflow $(HARNESS_ARGS) || exit $$?; \
+	done
 
 test: $(STAMP) ## the whole suite: unit, the trial, Ray/MLflow runs, faults, SLURM jobs, the MLflow UI in a browser
 	$(PY) -m pytest $(parallel) $(PYTEST_ARGS)

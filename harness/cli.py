@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from harness import strategies
+from harness import strategies, tasks
 from harness.cluster import ports
 from harness.cluster.capacity import Node, TrialShape, plan
 from harness.cluster.redaction import RedactCredentials, redact
-from harness.config import ExperimentConfig, available_presets, known_keys, resolve
+from harness.config import ExperimentConfig, available_presets, known_keys
 from harness.contract.errors import InputError
 from harness.contract.rundir import RunDir
 from harness.driver.preflight import preflight
@@ -48,7 +48,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default=os.environ.get("PRESET", "smoke"),
-                   help=f"preset name ({', '.join(available_presets())}) or a .toml path [env PRESET]")
+                   help=f"preset name ({', '.join(available_presets())}), a .toml path, or a task's name "
+                        f"({', '.join(tasks.names())}: the task on its own defaults) [env PRESET]")
     p.add_argument("--strategy", default=None, help=f"{', '.join(strategies.names())} (default: the preset's)")
     p.add_argument("--lr-lower", help="lowest learning rate (overrides LR_LOWER)")
     p.add_argument("--lr-upper", help="highest learning rate (overrides LR_UPPER)")
@@ -88,7 +89,7 @@ def _config_from(args: argparse.Namespace) -> ExperimentConfig:
     for attr, flag, key in flags:
         if getattr(args, attr) is not None:
             overrides[key], origins[key] = getattr(args, attr), flag
-    return resolve(args.preset, overrides=overrides, override_origins=origins)
+    return tasks.resolve(args.preset, overrides=overrides, override_origins=origins)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -121,6 +122,85 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configs_for(args: argparse.Namespace, names: Sequence[str], seeds: Sequence[int]) -> list[ExperimentConfig]:
+    """One config per (strategy, seed), every one resolved and checked before the first run starts."""
+    if args.seed is not None or args.strategy is not None or args.resume:
+        raise InputError(f"{args.command} takes --strategies (and --seeds/--pool); drop --strategy/--seed/--resume "
+                         "(python -m harness run --resume <run folder> continues one run)")
+    for name in names:
+        strategies.spec(name)  # an unknown name: one line, before anything runs
+    configs = []
+    for name in names:
+        for seed in seeds:
+            args.strategy, args.seed = name, str(seed)
+            configs.append(_config_from(args))
+    args.strategy = args.seed = None
+    return configs
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from harness.driver import bench  # Ray Tune, MLflow: only when runs start
+    from harness.reporting.seeds import seeds_to_decide
+
+    names = (args.strategies or " ".join(strategies.names())).replace(",", " ").split()
+    try:
+        seeds = [int(s) for s in (args.seeds or " ".join(map(str, range(seeds_to_decide())))).replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"--seeds {args.seeds!r} is not a list of whole numbers; e.g. --seeds \"0 1 2 3 4 5\"") from None
+    if not seeds or not names:
+        raise InputError("bench needs at least one strategy and one seed; e.g. --strategies \"manual pbt\" --seeds \"0 1\"")
+    configs = _configs_for(args, names, seeds)
+    print(f"{len(configs)} runs ({len(names)} strategies x {len(seeds)} seeds: {' '.join(map(str, seeds))}) "
+          f"of preset {configs[0].preset}, task {configs[0].task}, in one process and one Ray session", flush=True)
+
+    def line(run: Any) -> None:
+        o = run.outcome
+        best = o.record.best_trial()
+        print(f"{run.label}: {run.seconds:.1f} s, best {configs[0].tune.metric} "
+              f"{best.eval_loss if best else float('nan'):.4f}, {o.run_dir}", flush=True)
+
+    runs = bench.bench(configs, ray_address=args.ray_address, verbose=args.verbose, tracking=not args.no_mlflow,
+                       progress=line)
+    total = sum(r.seconds for r in runs)
+    print(f"{sum(r.outcome is not None for r in runs)} of {len(runs)} runs done in {total:.1f} s")
+    stopped = [r for r in runs if r.outcome is not None and r.outcome.record.stopped]
+    never = [r for r in runs if r.outcome is None]
+    if stopped or never:
+        for r in stopped:
+            print(f"stopped: {r.label}; continue with python -m harness run --resume {r.outcome.run_dir}", file=sys.stderr)
+        if never:
+            print(f"not started: {', '.join(r.label for r in never)}", file=sys.stderr)
+        return EXIT_STOPPED
+    failed = [f"{r.label}: {', '.join(r.outcome.failed_trials)}" for r in runs if r.outcome and r.outcome.failed_trials]
+    if failed:
+        print(f"error: trials did not finish: {'; '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from harness.driver import calibrate
+    from harness.reporting.seeds import seeds_to_decide
+
+    draw = args.draw or seeds_to_decide()
+    if args.pool < draw or args.reps < 1:
+        raise InputError(f"--pool {args.pool} must hold at least --draw {draw} seeds and --reps at least 1; "
+                         f"e.g. --pool 24 --reps 200")
+    names = (args.strategies or " ".join(strategies.names())).replace(",", " ").split()
+    configs = _configs_for(args, names, range(args.pool))
+    task = tasks.get(configs[0].task)
+    results = Path(configs[0].results_dir)
+    summaries = calibrate.pool_runs(configs, results, tracking=not args.no_mlflow)
+    result = calibrate.calibrate(summaries, task=task.name, control=task.control or "no", draw=draw, reps=args.reps,
+                                 mode=configs[0].tune.mode)
+    files = calibrate.write(result, results / "calibration")
+    print("\n".join(result.lines()))
+    print(f"written: {', '.join(map(str, files))}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config_from(args).to_json())
     return 0
@@ -139,6 +219,12 @@ def _cmd_strategies(args: argparse.Namespace) -> int:
     for name in strategies.names():
         entry = strategies.spec(name)
         print(f"{name:10} {entry.role:9} {entry.summary}" if args.describe else name)
+    return 0
+
+
+def _cmd_tasks(args: argparse.Namespace) -> int:
+    for name, task in tasks.registry().items():
+        print(f"{name:13} {task.metric} ({task.mode}) {task.summary}" if args.describe else name)
     return 0
 
 
@@ -224,6 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also print Ray's trial table, the trial processes' output and every library's INFO lines "
                           "(they always go to the run folder: harness.log, logs/)")
     run.set_defaults(fn=_cmd_run)
+    many = sub.add_parser("bench", help="every strategy x seed of a comparison in one process and one Ray session "
+                          "(what make bench-all runs)")
+    _config_args(many)
+    many.add_argument("--strategies", help="strategies to run, in order (default: every registered one)")
+    many.add_argument("--seeds", help="seeds to run each strategy with (default: 0 1 2 3 4 5, the fewest with which an "
+                                      "exact paired test can decide at α = 0.05)")
+    many.add_argument("--ray-address", default="local",
+                      help='"local" starts one private Ray for every run (default); or the address of a running cluster')
+    many.add_argument("--verbose", action="store_true", help="as for run")
+    many.set_defaults(fn=_cmd_bench)
+    cal = sub.add_parser("calibrate", help="how often the verdicts decide on a task (the controls): runs every "
+                         "strategy on a pool of seeds, then the verdicts of --reps comparisons drawn from it")
+    _config_args(cal)
+    cal.add_argument("--strategies", help="strategies to run (default: every registered one)")
+    cal.add_argument("--pool", type=int, default=24, help="seeds 0..pool-1 run per strategy (default 24)")
+    cal.add_argument("--reps", type=int, default=200, help="comparisons drawn from the pool (default 200)")
+    cal.add_argument("--draw", type=int, default=0, help="seeds per comparison (default: 6, the default of a comparison)")
+    cal.set_defaults(fn=_cmd_calibrate)
     show = sub.add_parser("config", help="print the resolved configuration (and validate it)")
     _config_args(show)
     show.set_defaults(fn=_cmd_config)
@@ -234,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     strat = sub.add_parser("strategies", help="list the registered strategies (one name per line)")
     strat.add_argument("--describe", action="store_true", help="with each one's role and what it does")
     strat.set_defaults(fn=_cmd_strategies)
+    task = sub.add_parser("tasks", help="list the registered tasks (what a trial trains; --preset <task> runs one)")
+    task.add_argument("--describe", action="store_true", help="with each one's metric, mode and what it is")
+    task.set_defaults(fn=_cmd_tasks)
     tab = sub.add_parser("tables", help="print a finished run's result tables")
     tab.add_argument("run_dir")
     tab.set_defaults(fn=_cmd_tables)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Top to bottom: a module may import its own folder and the folders listed before it.
-LAYERS = ("contract", "config", "cluster", "trial", "strategies", "reporting", "driver", "cli")
+LAYERS = ("contract", "config", "cluster", "trial", "tasks", "strategies", "reporting", "driver", "cli")
 #: (importer folder, folder it must never reach, directly or through other modules)
 NEVER_REACHES = (("reporting", "trial"), ("contract", "config"))
 

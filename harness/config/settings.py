@@ -318,8 +318,11 @@ class TuneSettings(Section):
 class ExperimentConfig(Section):
     strategy: Annotated[str, Field(min_length=1, **fix("name one with --strategy (python -m harness strategies)"))] = ""
     """Registered strategy name (``python -m harness strategies`` lists them)."""
+    task: Annotated[str, Field(min_length=1)] = "squad"
+    """What a trial trains (``python -m harness tasks``): the seed's SQuAD causal-LM fine-tuning, or
+    another registered task such as the known-answer controls ``pbt_control`` / ``null_control``."""
     preset: str = "smoke"
-    """Preset the values were loaded from (recorded with the run)."""
+    """Preset the values (or the task whose defaults) the run was loaded from (recorded with the run)."""
     seed: Annotated[int, Field(ge=0)] = 42
     """Seeds data generation, model init, trial sampling and training."""
     results_dir: str = "results"

@@ -11,7 +11,7 @@ CLI turns it into exit code 2 before Ray, MLflow or a model is touched.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,22 +60,40 @@ def _flat(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def resolve(preset: str = "smoke", env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None,
-            override_origins: Mapping[str, str] | None = None) -> ExperimentConfig:
-    """defaults < preset < environment (LR_LOWER ...) < ``overrides`` (the command line, with the
-    flag each came from in ``override_origins``)."""
+            override_origins: Mapping[str, str] | None = None, *,
+            task_settings: Callable[[str], Mapping[str, Any]] | None = None,
+            tasks: Sequence[str] = ()) -> ExperimentConfig:
+    """defaults < the task's settings < preset < environment (LR_LOWER ...) < ``overrides`` (the
+    command line, with the flag each came from in ``override_origins``).
+
+    ``task_settings(name)`` gives a task's settings (:mod:`harness.tasks` passes its registry);
+    ``preset`` may then also be one of ``tasks``: that task on its own settings, no preset file.
+    """
     env = os.environ if env is None else env
-    path = preset_path(preset)
-    try:
-        with path.open("rb") as fh:
-            document = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"preset file {str(path)!r} is not valid TOML ({exc}); fix the file") from None
-    values = _flat(document)
-    values["preset"] = preset if path.parent == PRESET_DIR else str(path)
-    origins = {key: f"{key} (preset {path.name})" for key in values}
+    if preset in tasks and not (PRESET_DIR / f"{preset}.toml").is_file():
+        values: dict[str, Any] = {"task": preset}
+        origins = {"task": f"--preset {preset} (a task)"}
+        source = f"task {preset}"
+    else:
+        path = preset_path(preset)
+        try:
+            with path.open("rb") as fh:
+                document = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"preset file {str(path)!r} is not valid TOML ({exc}); fix the file") from None
+        values = _flat(document)
+        origins = {key: f"{key} (preset {path.name})" for key in values}
+        source = f"preset {path.name}"
+        preset = preset if path.parent == PRESET_DIR else str(path)
+    values["preset"] = preset
     for var, key in ENV_OVERRIDES.items():
         if var in env:
             values[key], origins[key] = env[var], var
     for key, value in (overrides or {}).items():
         values[key], origins[key] = value, (override_origins or {}).get(key, key)
-    return validated(values, origin=f"preset {path.name}", origins=origins, given=values)
+    if task_settings is not None:
+        task = str(values.get("task") or ExperimentConfig.model_fields["task"].default)
+        under = {k: v for k, v in task_settings(task).items() if k not in values}
+        origins.update({k: f"{k} (task {task})" for k in under})
+        values = {**under, **values}
+    return validated(values, origin=source, origins=origins, given=values)

@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from harness import strategies
+from harness import strategies, tasks
 from harness.cluster.capacity import CapacityError, Node, TrialShape, plan
 from harness.cluster.devices import cuda_devices
 from harness.cluster.reachability import tracking_problem
@@ -23,6 +23,7 @@ def preflight(cfg: ExperimentConfig, *, here: bool, tracking: bool) -> None:
     """Refuse what cannot run; ``here``: the run starts on this machine (its GPUs and CPUs decide),
     rather than on a cluster that Ray or SLURM will size."""
     strategy = strategies.spec(cfg.strategy)
+    task = tasks.get(cfg.task)
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if tracking and uri:
         problem = tracking_problem(uri)
@@ -38,7 +39,7 @@ def preflight(cfg: ExperimentConfig, *, here: bool, tracking: bool) -> None:
         )
     src = cfg.data.source
     where = cache.root(cfg.results_dir)
-    if src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
+    if task.needs_model and src != "synthetic" and not src.startswith("hub:") and not Path(src).is_file():
         if not cache.dataset_complete(cache.dataset_slot(where, src)):
             raise ConfigError(f"data.source={src!r} is not a file (nor in the prepared cache {where}); "
                               "give a SQuAD JSON file, synthetic or hub:<namespace>/<name>")
@@ -48,7 +49,7 @@ def preflight(cfg: ExperimentConfig, *, here: bool, tracking: bool) -> None:
             "install it (DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed) or use --set train.deepspeed=false"
         )
     capacity = _fits_this_machine(cfg, strategy.planned_trials(cfg)) if here else ""
-    absent = cache.missing(cfg)
+    absent = cache.missing(cfg) if task.needs_model else []
     if absent:
         raise ConfigError(f"the prepared cache {where} has no {' and no '.join(absent)}, and runs read the hub only "
                           f"through it; fill it where there is network: {cache.prepare_command(cfg)}")

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness import strategies
+from harness import strategies, tasks
 from harness.cluster import stop
 from harness.cluster.devices import cuda_devices
 from harness.cluster.provenance import provenance
@@ -169,21 +169,27 @@ def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool
         if previous is not None:
             previous = _continue(run_dir, previous, restore)
         _stop_point(run_dir, "start-up")
-    # torch and transformers (seconds to import), MLflow (1.5 s): only once a run really starts
+    # MLflow (1.5 s to import): only once a run really starts
     from harness.reporting.tracking import NoTracker, Tracker, tracking_uri
-    from harness.trial.data import prepare
-    from harness.trial.model import load_tokenizer, resolve_model_path
 
     log_events = run_dir.event_log()
     spec = strategies.spec(cfg.strategy)
-    if not complete:
+    task = tasks.get(cfg.task)
+    model_path = data_path = ""
+    cache = trial_cache.root(cfg.results_dir)
+    if not complete and task.needs_model:
+        # torch and transformers: seconds to import, only for a task that trains a model
+        from harness.trial.data import prepare
+        from harness.trial.model import load_tokenizer, resolve_model_path
+
         cuda_devices()
-        cache = trial_cache.root(cfg.results_dir)
         model_path = resolve_model_path(cfg.model, seed=cfg.seed, cache_dir=cache)
-        data_path = prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
-                            max_length=cfg.model.max_length, cache_dir=cache)
+        data_path = str(prepare(cfg.data, load_tokenizer(model_path), seed=cfg.seed,
+                                max_length=cfg.model.max_length, cache_dir=cache))
         log.info("model: %s; tokenized data: %s", model_path, data_path)
         _stop_point(run_dir, "start-up")
+    elif not complete:
+        log.info("task %s trains no model: nothing to prepare", task.name)
 
     tracker_cm = (Tracker(cfg, run_dir, tags=provenance(), events=log_events, previous=previous,
                           resumed=previous is not None and not complete) if tracking else NoTracker())
@@ -193,7 +199,7 @@ def _run(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verbose: bool
             record = previous
             run_dir.save_record(record)
         else:
-            record = _run_strategy(cfg, run_dir, ray_address, verbose, previous, restore, model_path, str(data_path),
+            record = _run_strategy(cfg, run_dir, ray_address, verbose, previous, restore, model_path, data_path,
                                    str(cache), tracker)
         if record.stopped:
             tracker.stopped(record.stopped)

@@ -239,6 +239,8 @@ class PairedTest:
     p_adjusted: float = math.nan
     """Holm-adjusted p (exploratory tests only)."""
     alpha: float = ALPHA
+    family: int = 1
+    """Tests in the Holm family this one is adjusted in (1 for a primary test)."""
 
     @property
     def n(self) -> int:
@@ -250,8 +252,9 @@ class PairedTest:
 
     @property
     def decidable(self) -> bool:
-        """Whether any outcome of these seeds could reject at α."""
-        return smallest_p(self.nonzero) <= self.alpha
+        """Whether any outcome of these seeds could reject at α (at α / family for an exploratory
+        test: the bar Holm puts before the smallest p of its family)."""
+        return smallest_p(self.nonzero) <= self.alpha / self.family
 
     @property
     def p_used(self) -> float:
@@ -268,7 +271,7 @@ class PairedTest:
 
     @property
     def needed(self) -> float:
-        return seeds_needed(self.differences, self.alpha)
+        return seeds_needed(self.differences, self.alpha / self.family)
 
     def word(self) -> str:
         _, good, bad = MEASURES.get(self.key, (self.key, "better", "worse"))
@@ -283,9 +286,11 @@ class PairedTest:
         need = "no difference was observed" if math.isinf(self.needed) else \
             f"the observed effect would need ≈ {self.needed:.0f} seeds for {POWER:.0%} power"
         if not self.decidable:
-            least = seeds_to_decide(self.alpha)
+            bar = self.alpha / self.family
+            least = seeds_to_decide(bar)
+            held = f"α = {self.alpha:g}" if self.family == 1 else f"α / {self.family} = {bar:.3g} (Holm, {self.family} tests)"
             return (f"not distinguishable with {seeds}: an exact paired test on {self.nonzero} differing seed(s) "
-                    f"cannot give p below {smallest_p(self.nonzero):.3g} > α = {self.alpha:g} ({least} is the least "
+                    f"cannot give p below {smallest_p(self.nonzero):.3g} > {held} ({least} is the least "
                     f"that can decide); {need}")
         return f"not distinguishable with {seeds} ({p_text} > α = {self.alpha:g}); {need}"
 
@@ -321,8 +326,8 @@ def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss",
             tests.append(paired(a, b, key, primary=primary(a.strategy, b.strategy), lower_is_better=lower))
     exploratory = [t for t in tests if not t.primary]
     adjusted = dict(zip(map(id, exploratory), holm([t.p for t in exploratory])))
-    return [_primary_first(t) if t.primary else PairedTest(**{**vars(t), "p_adjusted": adjusted[id(t)]})
-            for t in tests]
+    return [_primary_first(t) if t.primary else
+            PairedTest(**{**vars(t), "p_adjusted": adjusted[id(t)], "family": len(exploratory)}) for t in tests]
 
 
 def _primary_first(t: PairedTest) -> PairedTest:
@@ -330,7 +335,7 @@ def _primary_first(t: PairedTest) -> PairedTest:
     if not _is_primary_strategy(t.b):
         return t
     return PairedTest(t.b, t.a, t.key, t.seeds, tuple(-d for d in t.differences), t.p, t.primary, t.lower_is_better,
-                      t.p_adjusted, t.alpha)
+                      t.p_adjusted, t.alpha, t.family)
 
 
 def _is_primary_strategy(name: str) -> bool:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from harness.contract.iteration import HParams, Iteration, IterationReport
 from harness.contract.record import Status
+from harness import tasks
 from harness.strategies import StrategyContext, StrategyResult
-from harness.trial.ranks import run_trial_segment
 from harness.trial.checkpoint import META_FILE, Segment, restart_point
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def _keep(ckpt_dir: str, dest: Path) -> None:
 
 def run(ctx: StrategyContext) -> StrategyResult:
     cfg = ctx.cfg
+    run_trial_segment = tasks.get(cfg.task).load()  # the task's trial body, in this process
     combos = cfg.search.grid(cfg.grid_lrs())
     ip = _node_ip()
     finished = {t.trial_id for t in ctx.previous.trials if t.status == Status.TERMINATED} if ctx.previous else set()

@@ -38,10 +38,12 @@ def trainable(config: dict[str, Any], *, cfg: ExperimentConfig, model_path: str,
     """Ray Tune function trainable (bind the keyword arguments with ``tune.with_parameters``)."""
     process_up = process.started_here()
     importing = time.time()
-    # The trainer (transformers' Trainer: 5 s to import) is imported here, in the trial process, and
-    # counted as the segment's imports: the driver only hands this function to Ray by reference.
-    from harness.trial.ranks import run_trial_segment
+    # The task's trial body (the LM task: transformers' Trainer, 5 s to import) is imported here, in
+    # the trial process, and counted as the segment's imports: the driver hands Ray only this function.
+    from harness import tasks
     from harness.trial.checkpoint import Segment, restart_point
+
+    run_trial_segment = tasks.get(cfg.task).load()
 
     imports = time.time() - importing
 

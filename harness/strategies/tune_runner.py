@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,12 @@ def init_ray(address: str, slots: int = 0, verbose: bool = False) -> None:
     # Ray's newer console output prints an experiment box and a TensorBoard hint even when silent;
     # the classic reporter at verbose=0 prints nothing (the harness logs a line per iteration)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1" if verbose else "0")
-    if ray.is_initialized():
-        return
+    if ray.is_initialized():  # an earlier run of this driver (harness bench) started it
+        if address != "local" or int(ray.cluster_resources().get(SLOT_RESOURCE, 0)) == slots:
+            return
+        log.info("restarting the local Ray: %d slot(s) wanted, it offers %d", slots,
+                 int(ray.cluster_resources().get(SLOT_RESOURCE, 0)))
+        ray.shutdown()
     # Trial processes' output (per-checkpoint lines, library warnings) goes to Ray's log files, which
     # the run folder receives at the end (copy_ray_logs); --verbose streams it to the console too.
     kwargs: dict[str, Any] = dict(address=address, include_dashboard=False, logging_level=logging.WARNING,
@@ -233,6 +238,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     if stop.requested():  # asked to stop before Ray started: start nothing (the folder stays resumable)
         log.warning("%s during start-up: nothing started; continue with --resume", stop.requested())
         return StrategyResult(slots=0)
+    began = time.time()
     init_ray(ctx.ray_address, cfg.budget.slots if local else 0, ctx.verbose)
     seed_everything(cfg.seed)
     budget = cfg.budget_iterations()
@@ -250,7 +256,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
     resources = tune.with_resources(fn, trial_resources(cfg, capped=local and bool(cfg.budget.slots)))
     if stop.requested():  # asked to stop while Ray was starting: no Tuner (it writes its pickle), no trial
         log.warning("%s during start-up: no trial started; continue with --resume", stop.requested())
-        copy_ray_logs(ctx.run_dir.ray_logs)
+        copy_ray_logs(ctx.run_dir.ray_logs, began)
         return StrategyResult(slots=slots)
     if ctx.restore:  # runner.resume checked that Ray Tune saved a state to restore
         # Ray Tune's own resume: finished trials stay finished, the others continue from their last
@@ -275,7 +281,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             results = tuner.fit()
             stop.reclaim()
     finally:
-        copy_ray_logs(ctx.run_dir.ray_logs)
+        copy_ray_logs(ctx.run_dir.ray_logs, began)
     return StrategyResult(slots=slots)
 
 
@@ -322,18 +328,20 @@ def _new_tuner(ctx: StrategyContext, resources: Any, scheduler: Any, search: Bud
     )
 
 
-def copy_ray_logs(dest: Path) -> None:
+def copy_ray_logs(dest: Path, since: float = 0.0) -> None:
     """The trial processes' stdout/stderr (Ray's worker-*.out/err of this session) into ``dest``.
 
     Ray keeps them under its session folder in /tmp, which the next ``ray.init`` on the machine
     moves on from; the run folder is where a user looks. Only this node's files: on a cluster the
-    other nodes' stay in their own session folders.
+    other nodes' stay in their own session folders. Only files written since ``since``: one Ray
+    session may serve several runs.
     """
     session = ray_compat.session_dir()
     if session is None:
         return
     logs = session / "logs"
-    files = [p for p in logs.glob("worker-*") if p.suffix in (".out", ".err") and p.stat().st_size]
+    files = [p for p in logs.glob("worker-*") if p.suffix in (".out", ".err") and p.stat().st_size
+             and p.stat().st_mtime >= since]  # a session that ran earlier runs (harness bench) holds theirs too
     if files:
         dest.mkdir(parents=True, exist_ok=True)
         for path in files:
