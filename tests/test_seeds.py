@@ -119,3 +119,22 @@ def test_anytime_ranks_follow_the_fraction_of_the_budget_spent():
     curves = {("a", 0): [(1, 1.0), (4, 1.0)], ("b", 0): [(2, 2.0), (4, 0.5)]}
     ranks = anytime_ranks(curves, {("a", 0): 4, ("b", 0): 4}, fractions=(0.25, 0.5, 1.0))
     assert ranks == {"a": [1.0, 1.0, 2.0], "b": [2.0, 2.0, 1.0]}
+
+
+def test_an_exploratory_verdict_follows_holms_p_even_where_alpha_over_m_is_out_of_reach():
+    # two exploratory pairs: manual vs pb2 on 10 seeds (p = 2/1024), pb2 vs pbt on 6 (p = 2/64);
+    # Holm's second step holds the larger p to α itself, although 2/64 > α/2
+    runs = (_runs("manual", [0.5] * 10, slots=1) + _runs("pb2", [0.6] * 10) + _runs("pbt", [0.7] * 6))
+    tests = {(t.a, t.b): t for t in pairwise(aggregate(runs))}
+    late = tests[("pb2", "pbt")]
+    assert late.family == 2 and late.p_adjusted == pytest.approx(2 / 64) and late.word() == "better"
+    assert late.verdict().startswith("better (p = 0.0312 Holm-adjusted ≤ α = 0.05, 6 seeds)")
+
+
+def test_a_large_pool_is_tested_by_a_seeded_monte_carlo_in_well_under_a_second():
+    import time
+
+    started = time.time()
+    p = paired_p([-1.0] * 30)
+    assert p < 1e-3 and p == paired_p([-1.0] * 30)
+    assert time.time() - started < 30  # exact enumeration of 2^30 patterns would take hours

@@ -94,6 +94,13 @@ def running() -> None:
     _running = True
 
 
+def idle() -> None:
+    """The strategy is over (the driver may start another run: harness bench): SIGTERM is again a
+    request honoured at the next safe point, not "end now"."""
+    global _running
+    _running = False
+
+
 def forward_to_tune() -> None:
     """Pass a request that arrived before Ray Tune's own SIGUSR1 handler was installed on to it
     (called from inside ``Tuner.fit``, where that handler is in place); once."""

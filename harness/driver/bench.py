@@ -40,10 +40,11 @@ class BenchRun:
 def bench(configs: Sequence[ExperimentConfig], *, ray_address: str = "local", verbose: bool = False,
           tracking: bool = True, progress: Callable[[BenchRun], None] | None = None) -> list[BenchRun]:
     """Run every config in order in this process; stops starting new ones once a stop was asked for
-    (the runs not started are returned with no outcome)."""
+    or a run ended stopped (Ray Tune takes SIGUSR1 itself while it runs, so the record is what
+    says so): the runs not started are returned with no outcome."""
     done: list[BenchRun] = []
     for cfg in configs:
-        if stop.requested():
+        if stop.requested() or any(r.outcome is not None and r.outcome.record.stopped for r in done):
             done.append(BenchRun(cfg, None, 0.0))
             continue
         started = time.time()

@@ -22,8 +22,11 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.config import ExperimentConfig
+from harness.contract.errors import InputError
+from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
 from harness.driver import bench
 from harness.reporting.analysis import Summary, summarize
@@ -40,6 +43,8 @@ class Calibration:
     strategies: list[str]
     decided: dict[str, int] = field(default_factory=dict)
     """pair "a vs b" -> repetitions in which its verdict on the best metric was better/worse."""
+    asked: dict[str, int] = field(default_factory=dict)
+    """pair "a vs b" -> repetitions in which it was compared (both budgets comparable)."""
     pbt_better: dict[str, int] = field(default_factory=dict)
     """primary pair -> repetitions in which the primary strategy was declared better."""
     wins: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -51,13 +56,15 @@ class Calibration:
         out = [f"calibration on {self.task} ({self.control} control): {self.reps} repetitions of {self.draw} seeds "
                f"drawn from a pool of {len(self.pool)} seeds ({' '.join(map(str, self.pool))}), α = {self.alpha:g}, "
                f"strategies {', '.join(self.strategies)}"]
-        pairs = len(self.decided) * self.reps
+        pairs = sum(self.asked.values())
+        if not pairs:
+            return out + ["  no pair of strategies was comparable in any repetition: nothing to calibrate"]
         total = sum(self.decided.values())
         out.append(f"  'better'/'worse' verdicts on the best metric: {total} of {pairs} pairwise verdicts "
                    f"({total / pairs:.1%}); repetitions with any: {self.any_decided} of {self.reps} "
                    f"({self.any_decided / self.reps:.1%})")
         for pair, n in self.decided.items():
-            out.append(f"    {pair}: {n} of {self.reps} ({n / self.reps:.1%})")
+            out.append(f"    {pair}: {n} of {self.asked[pair]} ({n / self.asked[pair]:.1%})")
         for pair, n in self.pbt_better.items():
             won, of = self.wins[pair]
             out.append(f"  {pair}: declared better in {n} of {self.reps} repetitions ({n / self.reps:.1%}); "
@@ -68,18 +75,40 @@ class Calibration:
         return json.dumps(vars(self), indent=2)
 
 
+#: What may differ between a pool's runs and still make them one pool.
+PER_RUN = ("seed", "run_name", "results_dir")
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return {k: v for k, v in a.items() if k not in PER_RUN} == {k: v for k, v in b.items() if k not in PER_RUN}
+
+
+def _usable(record: RunRecord) -> str:
+    """Why a run cannot join the pool ("" when it can): stopped, unfinished or with failed trials."""
+    if record.stopped or not record.finished_at:
+        return f"stopped ({record.stopped or 'unfinished'})"
+    failed = [t.label for t in record.trials if t.status != "TERMINATED"]
+    return f"trials {', '.join(failed)} did not finish" if failed else ""
+
+
 def pool_runs(configs: Sequence[ExperimentConfig], results_dir: Path, *, tracking: bool) -> dict[tuple[str, int], Summary]:
-    """Summaries of every (strategy, seed) in ``configs``: complete runs already in ``results_dir``
-    are reused (a calibration that was stopped continues), the others are run in one session."""
+    """Summaries of every (strategy, seed) in ``configs``: complete runs of the very same
+    configuration already in ``results_dir`` are reused (a calibration that was stopped continues),
+    the others are run in one session."""
+    wanted = {(c.strategy, c.seed): json.loads(c.to_json()) for c in configs}  # as a record keeps it
     have: dict[tuple[str, int], Summary] = {}
     for record_file in sorted(results_dir.glob("*/run_record.json")):
         record = RunDir(record_file.parent).record()
-        if record.finished_at and not record.stopped and all(t.status == "TERMINATED" for t in record.trials):
-            have[(record.strategy, record.seed)] = summarize(record, str(record_file.parent))
+        key = (record.strategy, record.seed)
+        if key in wanted and _same(record.config, wanted[key]) and not _usable(record):
+            have[key] = summarize(record, str(record_file.parent))
     todo = [c for c in configs if (c.strategy, c.seed) not in have]
     for run in bench.bench(todo, tracking=tracking):
         if run.outcome is None:
-            raise RuntimeError(f"{run.label} did not run (stopped); calibrate again to continue")
+            raise InputError(f"{run.label} did not run (a stop was asked for); calibrate again to continue")
+        if problem := _usable(run.outcome.record):
+            raise InputError(f"{run.label} cannot join the pool: {problem} ({run.outcome.run_dir}); calibrate again "
+                             "to run it anew")
         have[(run.cfg.strategy, run.cfg.seed)] = summarize(run.outcome.record, str(run.outcome.run_dir))
     return {(c.strategy, c.seed): have[(c.strategy, c.seed)] for c in configs}
 
@@ -98,6 +127,7 @@ def calibrate(summaries: dict[tuple[str, int], Summary], *, task: str, control: 
         any_here = False
         for t in tests:
             pair = f"{t.a} vs {t.b}"
+            out.asked[pair] = out.asked.get(pair, 0) + 1
             out.decided[pair] = out.decided.get(pair, 0) + (t.side != 0)
             any_here |= t.side != 0
             if t.primary:

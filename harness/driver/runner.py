@@ -229,6 +229,7 @@ def _run_strategy(cfg: ExperimentConfig, run_dir: RunDir, ray_address: str, verb
     try:
         slots = strategies.get(cfg.strategy)(ctx).slots
     finally:
+        stop.idle()
         record = run_dir.replay()  # the one replay: the end is folded in, not read again
         stopped = _stopped(record, cfg)
         record.apply(log_events.write("run_finished", slots=slots or (previous.slots if previous else 0),

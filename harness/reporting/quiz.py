@@ -85,8 +85,9 @@ def q1(a: Aggregate) -> tuple[list[Verdict], str]:
 
 
 def _alone(test: PairedTest) -> PairedTest:
-    """A pair outside the primary ones, asked on its own: Holm over a family of one is p itself."""
-    return replace(test, p_adjusted=test.p)
+    """A pair outside the primary ones (PB2 against the grid) asked here on its own, the one test
+    of its question: its unadjusted p decides, and the verdict prints it as such."""
+    return replace(test, primary=True)
 
 
 def q2(candidate: Aggregate, manual: Aggregate, everyone: list[Aggregate]) -> list[Verdict]:

@@ -281,6 +281,7 @@ def run_tuner(ctx: StrategyContext, *, scheduler: Any, param_space: dict[str, An
             results = tuner.fit()
             stop.reclaim()
     finally:
+        SinkCallback.live.pop(str(experiment), None)  # a driver that runs more (harness bench) holds no stale sinks
         copy_ray_logs(ctx.run_dir.ray_logs, began)
     return StrategyResult(slots=slots)
 
