@@ -148,7 +148,7 @@ def test_the_positive_control_makes_the_comparison_say_pbt_is_better_at_the_defa
     text = (out / "comparison.md").read_text()
     (loss,) = [r for r in _table(text, "Pairwise") if r[1] == "best eval_loss"]
     assert loss[0] == "pbt" and loss[3] == "manual" and loss[2].startswith("better (p = 0.0312 ≤ α = 0.05, 6 seeds)")
-    assert math.isclose(float(loss[7]), 2 / 64, rel_tol=1e-3) and loss[4] == "primary"
+    assert math.isclose(float(loss[7]), 2 / 64, abs_tol=1e-4) and loss[4] == "primary"  # printed as 0.0312
     assert (out / "anytime_rank.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -142,7 +142,11 @@ class MlflowServer:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
-            self.proc.wait(15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:  # an orderly stop that hangs (a loaded machine: 20 s seen)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(15)
 
 
 def lineage_whole(history: list[Any], planned: int) -> bool:

@@ -8,6 +8,7 @@ connection and asks ``/health`` with a short timeout, with no retries; light to 
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import time
 import urllib.error
@@ -16,8 +17,17 @@ import urllib.request
 
 from harness.cluster.redaction import redact
 
-#: Seconds for the connection and for the answer, each: within the 10 s a user waits at most.
-TIMEOUT_S = 4.0
+def _probe_seconds(default: float = 4.0) -> float:
+    raw = os.environ.get("HARNESS_MLFLOW_PROBE_S", "")
+    try:
+        return max(0.5, float(raw)) if raw else default
+    except ValueError:
+        raise SystemExit(f"error: HARNESS_MLFLOW_PROBE_S={raw!r} is not a number of seconds; e.g. 10") from None
+
+
+#: Seconds for the connection and for the answer, each: within the 10 s a user waits at most
+#: (``HARNESS_MLFLOW_PROBE_S`` for a server known to answer slowly).
+TIMEOUT_S = _probe_seconds()
 
 
 def tracking_problem(uri: str, timeout: float = TIMEOUT_S) -> str:

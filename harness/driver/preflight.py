@@ -48,7 +48,9 @@ def preflight(cfg: ExperimentConfig, *, here: bool, tracking: bool) -> None:
             "train.deepspeed=true needs the deepspeed package, which is not installed; "
             "install it (DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed) or use --set train.deepspeed=false"
         )
-    capacity = _fits_this_machine(cfg, strategy.planned_trials(cfg)) if here else ""
+    # a task that trains no model uses no GPU, and asking torch for the GPUs would import it
+    capacity = _fits_this_machine(cfg, strategy.planned_trials(cfg), cuda_devices() if task.needs_model else 0) \
+        if here else ""
     absent = cache.missing(cfg) if task.needs_model else []
     if absent:
         raise ConfigError(f"the prepared cache {where} has no {' and no '.join(absent)}, and runs read the hub only "
@@ -57,10 +59,9 @@ def preflight(cfg: ExperimentConfig, *, here: bool, tracking: bool) -> None:
         log.info("capacity: %s", capacity)
 
 
-def _fits_this_machine(cfg: ExperimentConfig, trials: int) -> str:
+def _fits_this_machine(cfg: ExperimentConfig, trials: int, gpus: int) -> str:
     """A run that starts here: its precision needs a GPU, and one trial must fit this machine
     (returns how many trials fit at once)."""
-    gpus = cuda_devices()
     if cfg.train.fp16 and gpus == 0:
         raise ConfigError(
             "train.fp16=true needs a CUDA GPU and this machine has none; "
