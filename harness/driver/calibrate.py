@@ -130,10 +130,9 @@ def calibrate(summaries: dict[tuple[str, int], Summary], *, task: str, control: 
             out.asked[pair] = out.asked.get(pair, 0) + 1
             out.decided[pair] = out.decided.get(pair, 0) + (t.side != 0)
             any_here |= t.side != 0
-            if t.primary:
-                primary, other, side = (t.b, t.a, -t.side) if t.b in _primaries() else (t.a, t.b, t.side)
-                key = f"{primary} better than {other}"
-                out.pbt_better[key] = out.pbt_better.get(key, 0) + (side == -1)
+            if t.primary:  # pairwise tells a primary test from the primary strategy's side
+                key = f"{t.a} better than {t.b}"
+                out.pbt_better[key] = out.pbt_better.get(key, 0) + (t.side == -1)
         out.any_decided += any_here
     for key in out.pbt_better:
         primary, _, other = key.partition(" better than ")
@@ -142,12 +141,6 @@ def calibrate(summaries: dict[tuple[str, int], Summary], *, task: str, control: 
         won = sum((a[s] < b[s]) if mode == "min" else (a[s] > b[s]) for s in common)
         out.wins[key] = (won, len(common))
     return out
-
-
-def _primaries() -> set[str]:
-    from harness import strategies
-
-    return {name for name, spec in strategies.REGISTRY.items() if spec.primary}
 
 
 def _by_seed(summaries: dict[tuple[str, int], Summary], strategy: str) -> dict[int, float]:

@@ -230,7 +230,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted
 
 
-#: What each measure's verdict words are: (lower is better, the better word, the worse word).
+#: What each measure's verdict says: (its name in the report, the better word, the worse word).
 MEASURES = {"best_eval_loss": ("best eval_loss", "better", "worse"), "wall_s": ("wall time", "shorter", "longer")}
 
 
@@ -344,13 +344,14 @@ def pairwise(aggregates: list[Aggregate], key: str = "best_eval_loss",
 
 def _primary_first(t: PairedTest) -> PairedTest:
     """A primary test told from the primary strategy's side: "pbt better than manual"."""
-    if not _is_primary_strategy(t.b):
+    if not primary_strategy(t.b):
         return t
     return PairedTest(t.b, t.a, t.key, t.seeds, tuple(-d for d in t.differences), t.p, t.primary, t.lower_is_better,
                       t.p_adjusted, t.alpha, t.family)
 
 
-def _is_primary_strategy(name: str) -> bool:
+def primary_strategy(name: str) -> bool:
+    """Whether the registry marks ``name`` as the quiz's subject (``primary=True``: PBT)."""
     from harness import strategies
 
     return name in strategies.REGISTRY and strategies.REGISTRY[name].primary

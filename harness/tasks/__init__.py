@@ -21,6 +21,7 @@ every task module to list them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -60,8 +61,10 @@ class Task:
         return {"tune.metric": self.metric, "tune.mode": self.mode, **self.defaults, "task": self.name}
 
 
+@functools.cache
 def registry() -> dict[str, Task]:
-    """Every task module in this package, by name (the seed's task first)."""
+    """Every task module in this package, by name (the seed's task first); scanned once per
+    process (every trial segment looks its task up)."""
     found = {}
     for info in pkgutil.iter_modules(__path__):
         task = getattr(importlib.import_module(f"{__name__}.{info.name}"), "TASK", None)
