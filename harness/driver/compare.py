@@ -43,10 +43,12 @@ def latest_runs(results_dir: str | Path, preset: str | None) -> list[RunDir]:
 
 
 def compare(paths: list[str | Path], *, out: str | Path | None = None, latest: str | Path | None = None,
-            preset: str | None = None) -> Comparison:
-    """Compare the runs in ``paths`` (and the newest of each strategy and seed in ``latest``)."""
-    from harness.reporting.tracking import log_comparison  # mlflow: 1.5 s to import, only here
-
+            preset: str | None = None, banner: str = "", tags: dict[str, str] | None = None,
+            results_dir: str | Path | None = None, tracking: bool = True) -> Comparison:
+    """Compare the runs in ``paths`` (and the newest of each strategy and seed in ``latest``).
+    ``banner`` opens the report (a simulation says so there); ``tags`` go on its MLflow runs, in
+    ``results_dir``'s store (default: ``latest``, or the first run's folder's parent); no MLflow
+    run without ``tracking``."""
     run_dirs = [RunDir.with_record(p) for p in paths] + (latest_runs(latest, preset) if latest else [])
     if not run_dirs:
         raise ConfigError("compare needs run folders (results/<run>) or --latest <results dir>")
@@ -67,9 +69,13 @@ def compare(paths: list[str | Path], *, out: str | Path | None = None, latest: s
     keys = sorted(records, key=lambda k: (order.index(k[0]), k[1]))
     aggregates = aggregate([summarize(records[key], str(dirs[key])) for key in keys], mode=mode)
     folder = Path(out) if out else run_dirs[0].path.parent / "comparison"
-    text, files = write_comparison(records, aggregates, folder)
+    text, files = write_comparison(records, aggregates, folder, banner=banner)
     presets = sorted({Path(r.preset).stem for r in records.values()})
-    results_dir = Path(latest) if latest else run_dirs[0].path.parent
+    results_dir = Path(results_dir or latest or run_dirs[0].path.parent)
+    if not tracking:
+        return Comparison(text=text, out=folder, mlflow_run_id="", results_dir=results_dir)
+    from harness.reporting.tracking import log_comparison  # mlflow: 1.5 s to import, only here
+
     run_id = log_comparison(aggregates, files, results_dir=results_dir, experiment=f"hpo-{'+'.join(presets)}",
-                            tags={"presets": ",".join(presets)})
+                            tags={"presets": ",".join(presets), **(tags or {})})
     return Comparison(text=text, out=folder, mlflow_run_id=run_id, results_dir=results_dir)

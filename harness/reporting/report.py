@@ -299,9 +299,9 @@ def quiz_markdown(aggregates: list[Any]) -> str:
 
 
 def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list[Any],
-                     out: Path) -> tuple[str, list[Path]]:
+                     out: Path, banner: str = "") -> tuple[str, list[Path]]:
     """comparison.md, comparison.csv, runs.csv and the PNG plots in ``out``; ``records`` maps
-    (strategy, seed) to its record."""
+    (strategy, seed) to its record; ``banner`` comes first after the title."""
     from harness.reporting import plots  # matplotlib: only a comparison draws
 
     out.mkdir(parents=True, exist_ok=True)
@@ -320,7 +320,8 @@ def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list
         if name in strategies.REGISTRY and strategies.REGISTRY[name].exploits:
             figures.append(plots.lineage(rec, out / f"{name}_lineage.png"))
     n_seeds = sorted({len(a.runs) for a in aggregates})
-    text = (f"# Strategy comparison\n\n{len(aggregates)} strategies, {'/'.join(map(str, n_seeds))} seed(s) each. "
+    opening = f"{banner}\n\n" if banner else ""
+    text = (f"# Strategy comparison\n\n{opening}{len(aggregates)} strategies, {'/'.join(map(str, n_seeds))} seed(s) each. "
             "Budgets are compared on the trial-iterations each run really trained; a strategy whose budget "
             "differs from the most common one by more than 10% is shown but not ranked.\n\n"
             f"{comparison_table(aggregates).markdown()}\n{pairwise_table(aggregates).markdown()}\n"

@@ -484,7 +484,7 @@ def log_comparison(aggregates: list[Any], files: list[Path], *, results_dir: str
     try:
         for a in aggregates:
             child = client.create_run(experiment_id, run_name=f"{a.strategy} (seeds {' '.join(map(str, a.seeds))})",
-                                      tags={"mlflow.parentRunId": pid, "kind": "strategy-summary",
+                                      tags={**tags, "mlflow.parentRunId": pid, "kind": "strategy-summary",
                                             DESCRIPTION: f"{a.strategy}: medians across seeds "
                                                          f"{' '.join(map(str, a.seeds))} of the runs listed in "
                                                          "the run_dirs tag; budget "
