@@ -38,7 +38,7 @@ FAULTS ?= 20
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare resume strategies tasks bench-all bench-cpu compare controls calibrate test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume strategies tasks bench-all bench-cpu compare controls calibrate simulate test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
 # bench-<strategy> and submit-<strategy> are pattern rules: one per registered strategy, no file behind them
 
 help: ## list the targets
@@ -100,6 +100,23 @@ calibrate: $(STAMP) ## how often the verdicts decide on the controls (false posi
 	for task in $(CONTROLS); do \
 	  $(PY) -m harness calibrate --preset $$task --results-dir $(RESULTS_DIR)/calibrate/$$task --pool $(POOL) --reps $(REPS) --no-mlflow $(HARNESS_ARGS) || exit $$?; \
 	done
+
+# the simulator: every finished run of PRESET in RESULTS_DIR replayed (own costs, held-out seeds, other slot
+# counts; local runs shared NODE_CORES cores), then the seed's cluster what-if (SIM_COSTS, the seed's budget of
+# SIM_BUDGET trial-iterations: 40 is the exercise's 8 PBT trials) and the scaling curves, curves from RESULTS_DIR
+NODE_CORES ?= $(shell nproc)
+SIM_COSTS ?= harness/simulate/seed_scale.toml
+SIM_BUDGET ?= 40
+# PB2 explores differently from PBT but pauses, exploits and restores at the same moments: its schedule is PBT's
+SIM_STRATEGIES ?= manual fifo asha pbt
+SIM_CLUSTER ?= --nodes 2 --cpus-per-node 20 --gpus-per-node 8 --system-cpus 2
+simulate: $(STAMP) ## replay PRESET's runs in RESULTS_DIR against what they measured, then the seed's cluster what-if (Q1) and scaling
+	out=$(RESULTS_DIR)/simulate-$$(date +%Y%m%d-%H%M%S); \
+	$(PY) -m harness simulate replay $(RESULTS_DIR) --filter-preset $(PRESET) --node-cores $(NODE_CORES) --out $$out/replay && \
+	$(PY) -m harness simulate what-if $(RESULTS_DIR) --preset seed --set budget.trial_iterations=$(SIM_BUDGET) \
+	  --strategies "$(SIM_STRATEGIES)" --seeds "0 1 2 3 4 5" --costs $(SIM_COSTS) $(SIM_CLUSTER) \
+	  --results-dir $(RESULTS_DIR) --out $$out/seed-scale && \
+	$(PY) -m harness simulate scaling $(RESULTS_DIR) --preset seed --costs $(SIM_COSTS) $(SIM_CLUSTER) --out $$out/scaling
 
 test: $(STAMP) ## the whole suite: unit, the trial, Ray/MLflow runs, faults, SLURM jobs, the MLflow UI in a browser
 	$(PY) -m pytest $(parallel) $(PYTEST_ARGS)

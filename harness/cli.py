@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from harness import strategies, tasks
@@ -288,6 +289,61 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cluster(args: argparse.Namespace) -> Any:
+    from harness.simulate.study import Cluster
+
+    if args.nodes < 1 or args.cpus_per_node <= 0:
+        raise InputError(f"--nodes {args.nodes} --cpus-per-node {args.cpus_per_node:g}: a cluster needs at least one "
+                         "node with CPUs; e.g. --nodes 2 --cpus-per-node 20 --gpus-per-node 8 --system-cpus 2")
+    return Cluster(args.nodes, args.cpus_per_node, args.gpus_per_node, args.system_cpus)
+
+
+def _numbers(text: str, flag: str, least: int = 1) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"{flag} {text!r} is not a list of whole numbers; e.g. {flag} \"1 2 4 8\"") from None
+    if not values or min(values) < least:
+        raise InputError(f"{flag} {text!r}: give whole numbers of at least {least}, e.g. {flag} \"1 2 4 8\"")
+    return values
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from harness.simulate import commands  # SimPy, and matplotlib / MLflow for the reports
+
+    if args.action in ("replay", "fit"):
+        if args.strategy or args.seed or args.sets:
+            raise InputError(f"simulate {args.action} reads run folders; drop --strategy/--seed/--set")
+        if args.action == "fit":
+            print(commands.fit_costs(args.runs, preset=args.filter_preset, out=Path(args.out or "costs.json"),
+                                     cores_per_node=args.node_cores))
+            return 0
+        out = Path(args.out) if args.out else commands.default_out("replay", args.runs[0] if args.runs else "results")
+        print(commands.replay(args.runs, preset=args.filter_preset, out=out, cores_per_node=args.node_cores,
+                              reps=args.reps, tracking=not args.no_mlflow))
+        return 0
+    costs = Path(args.costs) if args.costs else commands.SEED_SCALE_COSTS
+    cluster = _cluster(args)
+    out = Path(args.out) if args.out else commands.default_out(args.action, args.results_dir or "results")
+    if args.action == "scaling":
+        print(commands.scale(_config_from(args), costs_file=costs, cluster=cluster, curve_paths=args.runs,
+                             nodes=_numbers(args.nodes_sweep, "--nodes-sweep"),
+                             populations=_numbers(args.populations, "--populations"),
+                             population=args.population, node_count=args.node_count, out=out))
+        return 0
+    names = (args.strategies or "").split() or [args.strategy or _config_from(args).strategy]
+    seeds = _numbers(args.seeds, "--seeds", least=0) if args.seeds else [int(args.seed or _config_from(args).seed)]
+    configs = []
+    for name in names:
+        for seed in seeds:
+            args.strategy, args.seed = name, str(seed)
+            configs.append(_config_from(args))
+    print(commands.what_if(configs, costs_file=costs, cluster=cluster, curve_paths=args.runs, out=out,
+                           results_dir=Path(args.results_dir) if args.results_dir else None,
+                           tracking=not args.no_mlflow))
+    return 0
+
+
 def _print_ui_urls(results_dir: Any, port: int) -> None:
     from harness.reporting import tracking  # MLflow
 
@@ -376,6 +432,34 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--ui-port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)),
                       help="the MLflow UI's port in the printed URLs [env MLFLOW_PORT, 5000]")
     cmp_.set_defaults(fn=_cmd_compare)
+    sim = sub.add_parser("simulate", help="the schedule simulator (SimPy): replay measured runs and check the "
+                         "prediction, fit a cost model, or predict a strategy on another cluster (what-if, scaling)")
+    sim.add_argument("action", choices=("replay", "fit", "what-if", "scaling"),
+                     help="replay: every run in RUNS replayed and compared with what it measured; fit: a cost model "
+                          "from RUNS (--out FILE); what-if: --strategies on the cluster below; scaling: wall and "
+                          "utilization against nodes and population")
+    sim.add_argument("runs", nargs="*", help="run folders or results folders holding them (replay, fit: the runs; "
+                                             "what-if, scaling: the recorded curves losses are drawn from)")
+    _config_args(sim)
+    sim.add_argument("--filter-preset", help="replay, fit: only runs of this preset")
+    sim.add_argument("--node-cores", type=float, default=0.0,
+                     help="replay, fit: cores the runs' trials shared per node, to undo CPU contention (a local "
+                          "run: nproc); 0: none (GPU nodes)")
+    sim.add_argument("--reps", type=int, default=20, help="replay: simulations per prediction (their median)")
+    sim.add_argument("--costs", help="what-if, scaling: a cost model file (default: harness/simulate/seed_scale.toml, "
+                                     "the seed's cluster, assumed)")
+    sim.add_argument("--strategies", help="what-if: strategies to simulate (default: --strategy or the preset's)")
+    sim.add_argument("--seeds", help='what-if: seeds, e.g. "0 1 2 3 4 5" (each draws other costs and curves)')
+    sim.add_argument("--nodes", type=int, default=2, help="what-if, scaling: nodes (default 2, the seed's)")
+    sim.add_argument("--cpus-per-node", type=float, default=20, help="Cnode (default 20)")
+    sim.add_argument("--gpus-per-node", type=float, default=8, help="Gnode (default 8)")
+    sim.add_argument("--system-cpus", type=float, default=2, help="Csys (default 2)")
+    sim.add_argument("--nodes-sweep", default="1 2 4 8 16 32 64", help="scaling: node counts")
+    sim.add_argument("--populations", default="8 16 32 64 128 256 512", help="scaling: population sizes")
+    sim.add_argument("--population", type=int, default=64, help="scaling: the population of the node sweep")
+    sim.add_argument("--node-count", type=int, default=8, help="scaling: the nodes of the population sweep")
+    sim.add_argument("--out", help="output folder (fit: the cost model's file)")
+    sim.set_defaults(fn=_cmd_simulate)
     urls = sub.add_parser("ui-urls", help="the MLflow UI URLs of the runs tables and the newest comparison")
     urls.add_argument("--results-dir", default="results")
     urls.add_argument("--port", type=int, default=int(os.environ.get("MLFLOW_PORT", 5000)))

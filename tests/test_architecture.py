@@ -20,9 +20,9 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Top to bottom: a module may import its own folder and the folders listed before it.
-LAYERS = ("contract", "config", "cluster", "trial", "tasks", "strategies", "reporting", "driver", "cli")
+LAYERS = ("contract", "config", "cluster", "trial", "tasks", "strategies", "reporting", "driver", "simulate", "cli")
 #: (importer folder, folder it must never reach, directly or through other modules)
-NEVER_REACHES = (("reporting", "trial"), ("contract", "config"))
+NEVER_REACHES = (("reporting", "trial"), ("contract", "config"), ("simulate", "trial"))
 
 
 def module_name(package_root: Path, path: Path) -> str:

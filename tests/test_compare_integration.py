@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
 
@@ -333,3 +334,18 @@ def test_the_printed_compare_url_shows_every_strategy_and_its_numbers_in_a_real_
             value = float(row[csv_column])
             assert abs(float(shown[metric][str(column)]) - value) <= max(5.01e-4, 1e-3 * abs(value)), \
                 (strategy, metric, shown[metric])
+
+
+def test_the_simulator_replays_every_strategys_run_within_ten_percent(runs, tmp_path):
+    """``python -m harness simulate replay`` on the five fresh runs: each run's decisions replayed
+    with the costs of its own record reproduce its wall, Σ, concurrency and slot utilization."""
+    out = tmp_path / "replay"
+    done = run_harness(tmp_path, "replay", *(str(runs[name][0]) for name in runs), "--node-cores", str(os.cpu_count()),
+                       "--reps", "10", "--no-mlflow", "--out", str(out), command="simulate")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((out / "validation.csv").open()))
+    own = [r for r in rows if r["costs from"].startswith("own record")]
+    assert {r["strategy"] for r in own} == set(runs)
+    assert all(r["within"].startswith("yes") for r in own), [(r["strategy"], r["error"]) for r in own]
+    assert (out / "gantt-pbt.png").is_file()
+    assert "SIMULATED (replay mode)" in (out / "comparison" / "comparison.md").read_text()

@@ -204,3 +204,33 @@ def critical_difference(rank: Ranking, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def scaling(points: list[Any], path: Path) -> Path:
+    """Wall time and slot utilization against nodes (left) and against population (right), one
+    line per strategy variant: where barriers, waves and start-up bite (simulated)."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex="col")
+    for col, sweep in enumerate(("nodes", "population")):
+        group = [p for p in points if p.sweep == sweep]
+        for variant in dict.fromkeys(p.variant for p in group):
+            line = sorted((getattr(p, sweep), p.summary) for p in group if p.variant == variant)
+            xs = [x for x, _ in line]
+            axes[0, col].plot(xs, [s.wall_s / 60 for _, s in line], marker="o", label=variant)
+            axes[1, col].plot(xs, [s.slot_utilization for _, s in line], marker="o", label=variant)
+        for row in (0, 1):
+            axes[row, col].set_xscale("log", base=2)
+        axes[0, col].set_yscale("log")
+        axes[0, col].set_ylabel("wall (min)")
+        axes[1, col].set_ylabel("slot utilization")
+        axes[1, col].set_ylim(0, 1.05)
+        axes[1, col].set_xlabel(sweep)
+        if group:
+            fixed = (f"population {group[0].population}, more nodes" if sweep == "nodes"
+                     else f"{group[0].nodes} nodes, larger populations")
+            axes[0, col].set_title(fixed, fontsize=9, loc="left")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("SIMULATED (what-if): wall and slot utilization", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
