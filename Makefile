@@ -113,10 +113,11 @@ SIM_CLUSTER ?= --nodes 2 --cpus-per-node 20 --gpus-per-node 8 --system-cpus 2
 simulate: $(STAMP) ## replay PRESET's runs in RESULTS_DIR against what they measured, then the seed's cluster what-if (Q1) and scaling
 	out=$(RESULTS_DIR)/simulate-$$(date +%Y%m%d-%H%M%S); \
 	$(PY) -m harness simulate replay $(RESULTS_DIR) --filter-preset $(PRESET) --node-cores $(NODE_CORES) --out $$out/replay && \
-	$(PY) -m harness simulate what-if $(RESULTS_DIR) --preset seed --set budget.trial_iterations=$(SIM_BUDGET) \
+	$(PY) -m harness simulate what-if $(RESULTS_DIR) --filter-preset $(PRESET) --preset seed --set budget.trial_iterations=$(SIM_BUDGET) \
 	  --strategies "$(SIM_STRATEGIES)" --seeds "0 1 2 3 4 5" --costs $(SIM_COSTS) $(SIM_CLUSTER) \
 	  --results-dir $(RESULTS_DIR) --out $$out/seed-scale && \
-	$(PY) -m harness simulate scaling $(RESULTS_DIR) --preset seed --costs $(SIM_COSTS) $(SIM_CLUSTER) --out $$out/scaling
+	$(PY) -m harness simulate scaling $(RESULTS_DIR) --filter-preset $(PRESET) --preset seed --costs $(SIM_COSTS) $(SIM_CLUSTER) \
+	  --out $$out/scaling
 
 test: $(STAMP) ## the whole suite: unit, the trial, Ray/MLflow runs, faults, SLURM jobs, the MLflow UI in a browser
 	$(PY) -m pytest $(parallel) $(PYTEST_ARGS)

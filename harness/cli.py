@@ -308,12 +308,31 @@ def _numbers(text: str, flag: str, least: int = 1) -> list[int]:
     return values
 
 
+#: simulate's options, and the actions each one means something to (given to another: refused).
+_SIMULATE_OPTIONS = {
+    "reps": ("--reps", ("replay",)), "node_cores": ("--node-cores", ("replay", "fit")),
+    "costs": ("--costs", ("what-if", "scaling")), "strategies": ("--strategies", ("what-if",)),
+    "seeds": ("--seeds", ("what-if",)), "strategy": ("--strategy", ("what-if",)), "seed": ("--seed", ("what-if",)),
+    "sets": ("--set", ("what-if", "scaling")), "resume": ("--resume", ()),
+    "nodes_sweep": ("--nodes-sweep", ("scaling",)), "populations": ("--populations", ("scaling",)),
+    "population": ("--population", ("scaling",)), "node_count": ("--node-count", ("scaling",)),
+}
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from harness.simulate import commands  # SimPy, and matplotlib / MLflow for the reports
 
+    defaults = build_parser().parse_args(["simulate", args.action])
+    for attr, (flag, actions) in _SIMULATE_OPTIONS.items():
+        if getattr(args, attr) != getattr(defaults, attr) and args.action not in actions:
+            where = f"only to {' and '.join(actions)}" if actions else "to no simulation"
+            raise InputError(f"{flag} applies {where}, not to simulate {args.action}; drop it")
+    for flag, value, least in (("--reps", args.reps, 1), ("--population", args.population, 1),
+                               ("--node-count", args.node_count, 1), ("--node-cores", args.node_cores, 0)):
+        if value < least:
+            raise InputError(f"{flag} {value:g} is below {least}; give {least} or more"
+                             + (" (0: trials never share cores)" if flag == "--node-cores" else ""))
     if args.action in ("replay", "fit"):
-        if args.strategy or args.seed or args.sets:
-            raise InputError(f"simulate {args.action} reads run folders; drop --strategy/--seed/--set")
         if args.action == "fit":
             print(commands.fit_costs(args.runs, preset=args.filter_preset, out=Path(args.out or "costs.json"),
                                      cores_per_node=args.node_cores))
@@ -327,18 +346,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else commands.default_out(args.action, args.results_dir or "results")
     if args.action == "scaling":
         print(commands.scale(_config_from(args), costs_file=costs, cluster=cluster, curve_paths=args.runs,
-                             nodes=_numbers(args.nodes_sweep, "--nodes-sweep"),
-                             populations=_numbers(args.populations, "--populations"),
+                             curves_preset=args.filter_preset,
+                             nodes=sorted(set(_numbers(args.nodes_sweep, "--nodes-sweep"))),
+                             populations=sorted(set(_numbers(args.populations, "--populations"))),
                              population=args.population, node_count=args.node_count, out=out))
         return 0
-    names = (args.strategies or "").split() or [args.strategy or _config_from(args).strategy]
-    seeds = _numbers(args.seeds, "--seeds", least=0) if args.seeds else [int(args.seed or _config_from(args).seed)]
+    names = list(dict.fromkeys((args.strategies or "").split())) or [args.strategy or _config_from(args).strategy]
+    for name in names:
+        strategies.spec(name)  # an unknown name: one line, before anything is simulated
+    seed = _numbers(args.seed, "--seed", least=0) if args.seed else [_config_from(args).seed]
+    seeds = sorted(set(_numbers(args.seeds, "--seeds", least=0))) if args.seeds else seed
     configs = []
     for name in names:
-        for seed in seeds:
-            args.strategy, args.seed = name, str(seed)
+        for value in seeds:
+            args.strategy, args.seed = name, str(value)
             configs.append(_config_from(args))
     print(commands.what_if(configs, costs_file=costs, cluster=cluster, curve_paths=args.runs, out=out,
+                           curves_preset=args.filter_preset,
                            results_dir=Path(args.results_dir) if args.results_dir else None,
                            tracking=not args.no_mlflow))
     return 0
@@ -441,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("runs", nargs="*", help="run folders or results folders holding them (replay, fit: the runs; "
                                              "what-if, scaling: the recorded curves losses are drawn from)")
     _config_args(sim)
-    sim.add_argument("--filter-preset", help="replay, fit: only runs of this preset")
+    sim.add_argument("--filter-preset", help="only run folders of this preset (replay, fit: the runs; what-if, scaling: "
+                                             "the loss curves)")
     sim.add_argument("--node-cores", type=float, default=0.0,
                      help="replay, fit: cores the runs' trials shared per node, to undo CPU contention (a local "
                           "run: nproc); 0: none (GPU nodes)")

@@ -117,7 +117,18 @@ def test_asha_stops_trials_at_its_rungs_and_keeps_to_the_budget():
     record = Simulation(costs=costs(), per_node=[4], policy=policy, seed=0, meta=meta("asha")).run()
     s = summarize(record)
     assert s.early_stopped > 0 and s.trials > 12
+    assert max(t.iterations for t in record.trials) == 3  # the best are promoted to the end
+    assert s.peak_concurrency <= 4  # no more trials alive than slots, as Ray's searcher allows
     assert 36 <= s.iterations_run <= 36 + 4  # the budget, and at most one iteration in flight per slot
+
+
+def test_a_larger_asynchronous_population_takes_turns_least_advanced_first():
+    policy = Pbt(synch=False, quantile=0.25, trials=8, iterations=3, rng=np.random.default_rng(0), curves=CURVES)
+    record = Simulation(costs=costs(), per_node=[4], policy=policy, seed=0, meta=meta("pbt")).run()
+    s = summarize(record)
+    assert s.trials == 8 and s.iterations_run == 24 and s.peak_concurrency == 4
+    first_rounds = sorted((r.received_at, r.iteration) for t in record.trials for r in t.all_rows)[:8]
+    assert [it for _, it in first_rounds] == [1] * 8  # every trial's first iteration before anyone's second
 
 
 def test_curves_continue_from_the_donor_after_an_exploit():
@@ -202,6 +213,9 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_bad_cluster_is_one_line_and_exit_2(tmp_path):
     done = _cli("what-if", "--preset", "seed", "--nodes", "0", "--out", str(tmp_path / "x"), cwd=ROOT)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--nodes 0" in done.stderr
+    assert not (tmp_path / "x").exists()
+    done = _cli("scaling", "--preset", "seed", "--strategies", "pbt", "--out", str(tmp_path / "x"), cwd=ROOT)
+    assert done.returncode == 2 and "--strategies applies only to what-if" in done.stderr
     assert not (tmp_path / "x").exists()
 
 

@@ -11,5 +11,6 @@ measured on real runs:
 * :mod:`~harness.simulate.engine`: the simulation, which writes an ordinary
   :class:`~harness.contract.record.RunRecord`, so every table, verdict and plot of a measured run
   applies unchanged (and says it was simulated);
-* :mod:`~harness.simulate.validate`: predicted against measured, and the scaling sweeps.
+* :mod:`~harness.simulate.study`: replay, what-if, predicted against measured, and the scaling
+  sweeps; :mod:`~harness.simulate.outputs` and :mod:`~harness.simulate.commands` write and run them.
 """

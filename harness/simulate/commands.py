@@ -50,12 +50,13 @@ def fit_costs(paths: Sequence[str | Path], *, preset: str | None, out: Path, cor
     return "\n".join(costs.summary() + [f"cost model: {out} (edit it for your cluster; --costs {out})"])
 
 
-def _curves(paths: Sequence[str | Path]) -> tuple[Curves, str]:
+def _curves(paths: Sequence[str | Path], preset: str | None) -> tuple[Curves, str]:
     if not paths:
-        return Curves([]), "no recorded curves given (--curves): every trial reports 1.0"
-    runs = outputs.run_dirs(paths)
+        return Curves([]), "no run folders given for loss curves: every trial reports 1.0"
+    runs = _runs(paths, preset)
     curves = Curves([d.record() for d in runs])
-    return curves, (f"losses drawn from {len(curves.curves)} recorded curves of {len(runs)} run(s) in "
+    which = f" of preset {Path(preset).stem}" if preset else ""
+    return curves, (f"losses drawn from {len(curves.curves)} recorded curves of {len(runs)} run(s){which} in "
                     f"{' '.join(map(str, paths))}")
 
 
@@ -67,9 +68,9 @@ def _banner(costs: CostModel, cluster: Cluster, curves_note: str) -> str:
 
 
 def what_if(configs: Sequence[ExperimentConfig], *, costs_file: Path, cluster: Cluster, curve_paths: Sequence[str],
-            out: Path, results_dir: Path | None = None, tracking: bool = True) -> str:
+            out: Path, curves_preset: str | None = None, results_dir: Path | None = None, tracking: bool = True) -> str:
     costs = CostModel.load(costs_file)
-    curves, note = _curves(curve_paths)
+    curves, note = _curves(curve_paths, curves_preset)
     records = [simulate_what_if(cfg, costs, cluster, curves, seed=cfg.seed) for cfg in configs]
     comparison = outputs.write_what_if(outputs.ordered(records), out, _banner(costs, cluster, note),
                                        results_dir=results_dir, tracking=tracking)
@@ -78,9 +79,10 @@ def what_if(configs: Sequence[ExperimentConfig], *, costs_file: Path, cluster: C
 
 
 def scale(base: ExperimentConfig, *, costs_file: Path, cluster: Cluster, curve_paths: Sequence[str],
-          nodes: Sequence[int], populations: Sequence[int], population: int, node_count: int, out: Path) -> str:
+          nodes: Sequence[int], populations: Sequence[int], population: int, node_count: int, out: Path,
+          curves_preset: str | None = None) -> str:
     costs = CostModel.load(costs_file)
-    curves, note = _curves(curve_paths)
+    curves, note = _curves(curve_paths, curves_preset)
     started = time.perf_counter()
     points = scaling(base, costs, cluster, curves, nodes=nodes, populations=populations, population=population,
                      node_count=node_count)

@@ -202,10 +202,11 @@ def fit(records: Sequence[RunRecord], *, cores_per_node: float = 0.0, source: st
         if not rows:
             continue
         starts = sorted(t.started_at for t in record.trials + record.discarded if t.started_at is not None)
-        values["driver_setup"].append(starts[0] - record.started_at)
+        values["driver_setup"].append(max(0.0, (starts[0] if starts else min(r.received_at - r.seconds for r in rows))
+                                          - record.started_at))
         values["teardown"].append(max(0.0, (record.finished_at or record.last_event_at) - max(r.received_at for r in rows)))
         barriers = _barriers(record)
-        free_at: dict[Any, float] = {}  # a process -> when its last segment ended
+        free_at: dict[Any, float] = {}  # a process (node, pid) -> when its last segment ended
         segs = sorted(((t, s) for t in record.trials + record.discarded for s in segments(t)),
                       key=lambda ts: ts[1][0].received_at - ts[1][0].seconds)
         for trial, seg in segs:
@@ -226,9 +227,10 @@ def fit(records: Sequence[RunRecord], *, cores_per_node: float = 0.0, source: st
                 values["train"].append(train / slow_row)
                 values["checkpoint"].append(rest / slow_row)
             ready = barriers.get(head.segment_start_iteration or 0, -math.inf) if len(segments(trial)) > 1 else -math.inf
-            if head.pid in free_at:
-                values["start_gap"].append(max(0.0, start - max(free_at[head.pid], ready)))
-            free_at[head.pid] = seg[-1].received_at
+            process = (head.node_ip, head.pid)
+            if process in free_at:
+                values["start_gap"].append(max(0.0, start - max(free_at[process], ready)))
+            free_at[process] = seg[-1].received_at
     return CostModel(source=source or f"fitted from {len(records)} run record(s)", contention=contention,
                      **{name: Dist.of(v) for name, v in values.items()})
 
@@ -238,7 +240,7 @@ def _barriers(record: RunRecord) -> dict[int, float]:
     if not record.config.get("tune", {}).get("synch") or not strategies.spec(record.strategy).exploits:
         return {}
     out: dict[int, float] = {}
-    for t in record.trials:
+    for t in record.trials + record.discarded:
         for row in t.all_rows:
             if row.received_at is not None:
                 out[row.iteration] = max(out.get(row.iteration, -math.inf), row.received_at)

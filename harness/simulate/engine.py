@@ -79,7 +79,8 @@ class Simulation:
         self._emit("run_finished", slots=self.capacity)
 
     def _launch(self) -> None:
-        while (trial := self.policy.next_trial(self.capacity - self.slots.count - len(self.slots.queue))) is not None:
+        # a launched trial counts from now, though it has not asked for its slot yet
+        while (trial := self.policy.next_trial(self.capacity - self.live)) is not None:
             self.live += 1
             self.env.process(self._trial(trial))
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import strategies
+from harness.config import ConfigError
 from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
 from harness.driver.compare import Comparison, compare
@@ -24,7 +25,15 @@ def run_dirs(paths: Sequence[str | Path], *, measured_only: bool = True) -> list
             found.append(RunDir(path))
         else:
             found += [RunDir(p.parent) for p in sorted(path.glob("*/run_record.json"))]
-    return [d for d in found if not measured_only or "simulated" not in d.record().config]
+    return [d for d in found if not measured_only or "simulated" not in _record(d).config]
+
+
+def _record(run_dir: RunDir) -> RunRecord:
+    try:
+        return run_dir.record()
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{run_dir.record_file} is not a run record ({type(err).__name__}: {err}); "
+                          "move it out of the folder or name the run folders to use") from None
 
 
 def write_records(records: Sequence[RunRecord], folder: Path) -> list[Path]:

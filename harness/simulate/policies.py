@@ -291,11 +291,11 @@ class Asha(WhatIf):
     def after_report(self, trial: SimTrial) -> str:
         self.spent += 1
         stop = False
-        if trial.iteration in self.rungs:
+        if trial.iteration in self.rungs:  # Ray: the cutoff of the values recorded before, then record
             recorded = self.rungs[trial.iteration]
+            if recorded:
+                stop = -trial.loss < float(np.nanpercentile(recorded, (1 - 1 / self.rf) * 100))
             recorded.append(-trial.loss)  # Ray keeps max-mode scores
-            cutoff = float(np.nanpercentile(recorded, (1 - 1 / self.rf) * 100))
-            stop = -trial.loss < cutoff
         if trial.iteration >= self.iterations or stop or self.spent + len(self.live) - 1 >= self.budget:
             self.live.discard(trial.index)
             return STOP
@@ -306,15 +306,21 @@ class Pbt(WhatIf):
     """Ray's PopulationBasedTraining at perturbation_interval 1 (PB2 explores differently but at the
     same moments). Synchronous: every trial pauses at each iteration until the whole population has
     reported it; then the bottom ``quantile`` restart from random members of the top one.
-    Asynchronous: a trial in the bottom quantile of the latest values when it reports restarts at
-    once from a member of the top one; the others go on without pausing."""
+    Asynchronous: a trial in the bottom quantile of the latest values of the unfinished trials
+    restarts from a member of the top one when it reports; any other trial pauses there too while
+    others wait for a slot (a population larger than the slots takes turns). Either way the least
+    advanced waiting trial gets the next slot (Ray's ``choose_trial_to_run``)."""
 
     def __init__(self, *, synch: bool, quantile: float, **kw: Any):
         super().__init__(**kw)
         self.synch, self.quantile = synch, quantile
         self.reached: dict[int, list[SimTrial]] = {}
         self.barriers: dict[int, simpy.Event] = {}
+        self.finished: set[int] = set()
         self.exploits = 0
+
+    def priority(self, trial: SimTrial) -> float:
+        return trial.iteration * 1e6 + trial.index
 
     def _quantiles(self, members: list[SimTrial]) -> tuple[list[SimTrial], list[SimTrial]]:
         ranked = sorted(members, key=lambda t: t.loss)
@@ -333,6 +339,7 @@ class Pbt(WhatIf):
 
     def after_report(self, trial: SimTrial) -> str:
         if trial.iteration >= self.iterations:
+            self.finished.add(trial.index)
             return STOP
         if self.synch:
             waiting = self.reached.setdefault(trial.iteration, [])
@@ -344,12 +351,12 @@ class Pbt(WhatIf):
                 if trial.iteration in self.barriers:
                     self.barriers.pop(trial.iteration).succeed()
             return PAUSE
-        reported = [t for t in self.population if t.iteration >= 1]
+        reported = [t for t in self.population if t.iteration >= 1 and t.index not in self.finished]
         bottom, top = self._quantiles(reported)
         if trial in bottom and top:
             self._exploit(trial, top)
             return PAUSE
-        return CONTINUE
+        return PAUSE if self.engine.slots.queue else CONTINUE
 
     def resume_when(self, trial: SimTrial) -> simpy.Event:
         if not self.synch or len(self.reached.get(trial.iteration, ())) == len(self.population):

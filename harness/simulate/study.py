@@ -23,7 +23,7 @@ from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
 from harness.reporting.analysis import Summary, summarize
 from harness.reporting.report import Table
-from harness.simulate.costs import CostModel, fit
+from harness.simulate.costs import Contention, CostModel, fit, threads_per_trial
 from harness.simulate.engine import Simulation
 from harness.simulate.policies import REPLAY, WHAT_IF, Curves, Replay, what_if
 
@@ -80,6 +80,9 @@ def simulate_what_if(cfg: ExperimentConfig, costs: CostModel, cluster: Cluster, 
     spec = strategies.spec(cfg.strategy)
     per_node = [1] if spec.sequential else cluster.per_node(cfg)
     config = cfg.model_dump(mode="json")
+    if costs.contention.cores_per_node > 0:  # costs measured where trials shared cores: share this cluster's
+        costs = costs.model_copy(update={"contention": Contention(
+            cores_per_node=cluster.cpus_per_node - cluster.system_cpus, threads_per_trial=threads_per_trial(config))})
     policy = what_if(cfg.strategy, trials=spec.planned_trials(cfg), iterations=cfg.train.iterations,
                      budget=cfg.budget_iterations(), tune=config.get("tune", {}), curves=curves,
                      rng=np.random.default_rng(seed + 7919), grid=cfg.search.grid(cfg.grid_lrs()),
@@ -138,7 +141,8 @@ def validate(run_dirs: Sequence[RunDir], *, cores_per_node: float = 0.0, reps: i
     """Replay every run with costs from its own record, from the other seeds of its strategy and
     slot count (held out), and from its strategy's runs at other slot counts (cross-shape)."""
     loaded = [(d, d.record()) for d in run_dirs]
-    done = [(d, r) for d, r in loaded if r.finished_at and r.trials]
+    # a resumed run stood still between its drivers; a replay has no model of that time
+    done = [(d, r) for d, r in loaded if r.finished_at and r.trials and not r.resumes]
     checks = []
     for run_dir, record in done:
         same = [r for d, r in done if r.strategy == record.strategy and Path(r.preset).stem == Path(record.preset).stem
@@ -154,7 +158,8 @@ def validate(run_dirs: Sequence[RunDir], *, cores_per_node: float = 0.0, reps: i
             checks.append(Check(str(run_dir.path), record.strategy, record.seed, record.slots or 1, basis, len(pool),
                                 {m: getattr(measured, m) for m in MEASURES}, predicted, first))
     if not checks:
-        raise ConfigError("no finished run records to replay; run make bench-all first")
+        raise ConfigError("no finished run records to replay (resumed runs are left out: a replay has no model of the "
+                          "time a run stood still); run make bench-all first")
     return checks
 
 
