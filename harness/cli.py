@@ -316,6 +316,9 @@ _SIMULATE_OPTIONS = {
     "sets": ("--set", ("what-if", "scaling")), "resume": ("--resume", ()),
     "nodes_sweep": ("--nodes-sweep", ("scaling",)), "populations": ("--populations", ("scaling",)),
     "population": ("--population", ("scaling",)), "node_count": ("--node-count", ("scaling",)),
+    "preset": ("--preset", ("what-if", "scaling")), "results_dir": ("--results-dir", ("what-if", "scaling")),
+    "no_mlflow": ("--no-mlflow", ("replay", "what-if")),
+    **{attr: (flag, ("what-if", "scaling")) for attr, (flag, _) in SEARCH_FLAGS.items()},
 }
 
 
