@@ -355,15 +355,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                              population=args.population, node_count=args.node_count, out=out))
         return 0
     names = list(dict.fromkeys((args.strategies or "").split())) or [args.strategy or _config_from(args).strategy]
-    for name in names:
-        strategies.spec(name)  # an unknown name: one line, before anything is simulated
     seed = _numbers(args.seed, "--seed", least=0) if args.seed else [_config_from(args).seed]
     seeds = sorted(set(_numbers(args.seeds, "--seeds", least=0))) if args.seeds else seed
-    configs = []
-    for name in names:
-        for value in seeds:
-            args.strategy, args.seed = name, str(value)
-            configs.append(_config_from(args))
+    args.strategy = args.seed = None  # taken into names and seeds
+    configs = _configs_for(args, names, seeds)
     print(commands.what_if(configs, costs_file=costs, cluster=cluster, curve_paths=args.runs, out=out,
                            curves_preset=args.filter_preset,
                            results_dir=Path(args.results_dir) if args.results_dir else None,

@@ -22,7 +22,7 @@ from harness.simulate.costs import Contention, CostModel, Dist, fit
 from harness.simulate.engine import Simulation
 from harness.simulate.policies import Asha, Curves, Grid, Pbt
 from harness.simulate.study import Cluster, replay, simulate_what_if, typical_error, validate
-from harness.simulate.outputs import run_dirs
+from harness.simulate.outputs import measured_runs
 
 pytestmark = pytest.mark.unit
 
@@ -163,18 +163,17 @@ def measured(tmp_path_factory):
         folder = root / path.name.removesuffix(".json.gz")
         folder.mkdir()
         (folder / "run_record.json").write_bytes(gzip.decompress(path.read_bytes()))
-    return run_dirs([root])
+    return measured_runs([root])
 
 
 def test_a_fitted_model_saves_and_loads(tmp_path, measured):
-    model = fit([measured[0].record()], cores_per_node=2)
+    model = fit([measured[0][1]], cores_per_node=2)
     assert CostModel.load(model.save(tmp_path / "c.json")) == model
     assert model.train.samples and model.cold_start.median > model.warm_start.median
 
 
 def test_a_replay_makes_the_runs_own_decisions(measured):
-    for run in measured:
-        record = run.record()
+    for _, record in measured:
         simulated = replay(record, fit([record]))
         assert sorted(t.trial_id for t in simulated.trials) == sorted(t.trial_id for t in record.trials)
         assert {t.trial_id: t.iterations for t in simulated.trials} == {t.trial_id: t.iterations for t in record.trials}

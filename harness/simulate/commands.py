@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.config import ConfigError, ExperimentConfig
+from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
 from harness.simulate import outputs
 from harness.simulate.costs import CostModel, fit
@@ -19,10 +20,8 @@ from harness.simulate.study import REPS, Cluster, scaling, simulate_what_if, val
 SEED_SCALE_COSTS = Path(__file__).with_name("seed_scale.toml")
 
 
-def _runs(paths: Sequence[str | Path], preset: str | None) -> list[RunDir]:
-    found = outputs.run_dirs(paths)
-    if preset:
-        found = [d for d in found if Path(d.record().preset).stem == Path(preset).stem]
+def _runs(paths: Sequence[str | Path], preset: str | None) -> list[tuple[RunDir, RunRecord]]:
+    found = outputs.measured_runs(paths, preset)
     if not found:
         which = f" of preset {preset!r}" if preset else ""
         raise ConfigError(f"no run folders{which} with a run_record.json in {' '.join(map(str, paths)) or '(none given)'}; "
@@ -44,8 +43,8 @@ def replay(paths: Sequence[str | Path], *, preset: str | None, out: Path, cores_
 
 def fit_costs(paths: Sequence[str | Path], *, preset: str | None, out: Path, cores_per_node: float = 0.0) -> str:
     runs = _runs(paths, preset)
-    costs = fit([d.record() for d in runs], cores_per_node=cores_per_node,
-                source=f"fitted from {len(runs)} run(s): {', '.join(d.path.name for d in runs)}"[:500])
+    costs = fit([r for _, r in runs], cores_per_node=cores_per_node,
+                source=f"fitted from {len(runs)} run(s): {', '.join(d.path.name for d, _ in runs)}"[:500])
     costs.save(out)
     return "\n".join(costs.summary() + [f"cost model: {out} (edit it for your cluster; --costs {out})"])
 
@@ -54,7 +53,7 @@ def _curves(paths: Sequence[str | Path], preset: str | None) -> tuple[Curves, st
     if not paths:
         return Curves([]), "no run folders given for loss curves: every trial reports 1.0"
     runs = _runs(paths, preset)
-    curves = Curves([d.record() for d in runs])
+    curves = Curves([r for _, r in runs])
     which = f" of preset {Path(preset).stem}" if preset else ""
     return curves, (f"losses drawn from {len(curves.curves)} recorded curves of {len(runs)} run(s){which} in "
                     f"{' '.join(map(str, paths))}")
@@ -72,7 +71,7 @@ def what_if(configs: Sequence[ExperimentConfig], *, costs_file: Path, cluster: C
     costs = CostModel.load(costs_file)
     curves, note = _curves(curve_paths, curves_preset)
     records = [simulate_what_if(cfg, costs, cluster, curves, seed=cfg.seed) for cfg in configs]
-    comparison = outputs.write_what_if(outputs.ordered(records), out, _banner(costs, cluster, note),
+    comparison = outputs.write_what_if(records, out, _banner(costs, cluster, note),
                                        results_dir=results_dir, tracking=tracking)
     return comparison.text + f"\ncomparison: {comparison.out}" + (
         f" (MLflow run {comparison.mlflow_run_id}, tagged simulated=what-if)" if comparison.mlflow_run_id else "")

@@ -207,7 +207,8 @@ def fit(records: Sequence[RunRecord], *, cores_per_node: float = 0.0, source: st
         values["teardown"].append(max(0.0, (record.finished_at or record.last_event_at) - max(r.received_at for r in rows)))
         barriers = _barriers(record)
         free_at: dict[Any, float] = {}  # a process (node, pid) -> when its last segment ended
-        segs = sorted(((t, s) for t in record.trials + record.discarded for s in segments(t)),
+        cut = {t.trial_id: segments(t) for t in record.trials + record.discarded}
+        segs = sorted(((t, s) for t in record.trials + record.discarded for s in cut[t.trial_id]),
                       key=lambda ts: ts[1][0].received_at - ts[1][0].seconds)
         for trial, seg in segs:
             head = seg[0]
@@ -226,7 +227,7 @@ def fit(records: Sequence[RunRecord], *, cores_per_node: float = 0.0, source: st
                 train, rest = _iteration_parts(row, first=i == 0)
                 values["train"].append(train / slow_row)
                 values["checkpoint"].append(rest / slow_row)
-            ready = barriers.get(head.segment_start_iteration or 0, -math.inf) if len(segments(trial)) > 1 else -math.inf
+            ready = barriers.get(head.segment_start_iteration or 0, -math.inf) if len(cut[trial.trial_id]) > 1 else -math.inf
             process = (head.node_ip, head.pid)
             if process in free_at:
                 values["start_gap"].append(max(0.0, start - max(free_at[process], ready)))

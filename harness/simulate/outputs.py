@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import strategies
 from harness.config import ConfigError
 from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
@@ -16,16 +15,19 @@ from harness.reporting import plots
 from harness.simulate.study import Check, Point, scaling_table, validation_summary, validation_table
 
 
-def run_dirs(paths: Sequence[str | Path], *, measured_only: bool = True) -> list[RunDir]:
-    """Run folders: each path is one (it holds run_record.json) or a results folder holding them;
-    simulated runs are left out unless ``measured_only`` is False (a simulation is no measurement)."""
+def measured_runs(paths: Sequence[str | Path], preset: str | None = None) -> list[tuple[RunDir, RunRecord]]:
+    """The measured runs in ``paths`` (each a run folder, or a results folder holding them), of
+    ``preset`` only when given, each with its record read once; simulated runs are left out (a
+    simulation is no measurement)."""
     found: list[RunDir] = []
     for path in map(Path, paths):
         if (path / "run_record.json").is_file():
             found.append(RunDir(path))
         else:
             found += [RunDir(p.parent) for p in sorted(path.glob("*/run_record.json"))]
-    return [d for d in found if not measured_only or "simulated" not in _record(d).config]
+    loaded = [(d, _record(d)) for d in found]
+    return [(d, r) for d, r in loaded if "simulated" not in r.config
+            and (not preset or Path(r.preset).stem == Path(preset).stem)]
 
 
 def _record(run_dir: RunDir) -> RunRecord:
@@ -71,8 +73,7 @@ def write_replay(checks: Sequence[Check], out: Path, *, results_dir: Path | None
         if check.strategy in shown:
             continue
         shown.add(check.strategy)
-        measured = RunDir(check.run_dir).record()
-        plots.gantt({f"{check.strategy} seed {check.seed}, measured": measured,
+        plots.gantt({f"{check.strategy} seed {check.seed}, measured": check.record,
                      f"{check.strategy} seed {check.seed}, SIMULATED (replay)": check.simulated},
                     out / f"gantt-{check.strategy}.png")
     comparison = None
@@ -102,7 +103,3 @@ def write_scaling(points: Sequence[Point], out: Path, banner: str) -> str:
     plots.scaling(list(points), out / "scaling.png")
     return text
 
-
-def ordered(records: Sequence[RunRecord]) -> list[RunRecord]:
-    order = strategies.order(sorted({r.strategy for r in records}))
-    return sorted(records, key=lambda r: (order.index(r.strategy), r.seed))

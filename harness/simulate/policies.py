@@ -97,7 +97,6 @@ class Replay(Policy):
     mode = REPLAY
 
     def __init__(self, record: RunRecord):
-        self.record = record
         runs = [(t, segments(t)) for t in record.trials + record.discarded if t.all_rows]
         runs.sort(key=lambda run: run[1][0][0].received_at - run[1][0][0].seconds)
         self.plan: list[tuple[Any, list[list[Iteration]]]] = runs

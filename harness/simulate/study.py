@@ -63,10 +63,10 @@ def _meta(config: dict[str, Any], *, strategy: str, preset: str, seed: int, budg
             "config": {**config, "simulated": {"mode": mode, "costs": costs.source, "cluster": cluster}}}
 
 
-def replay(record: RunRecord, costs: CostModel, *, slots: int = 0, seed: int = 0) -> RunRecord:
-    """``record``'s decisions on ``slots`` slots (default: its own) with ``costs``."""
+def replay(record: RunRecord, costs: CostModel, *, seed: int = 0) -> RunRecord:
+    """``record``'s decisions on its own slots with ``costs``."""
     spec = strategies.spec(record.strategy)
-    slots = 1 if spec.sequential else (slots or record.slots or 1)
+    slots = 1 if spec.sequential else (record.slots or 1)
     meta = _meta(record.config, strategy=record.strategy, preset=record.preset, seed=record.seed,
                  budget=record.budget_trial_iterations, mode=REPLAY, costs=costs, cluster=f"{slots} slot(s)")
     return Simulation(costs=costs, per_node=[slots], policy=Replay(record), seed=seed, meta=meta,
@@ -122,7 +122,10 @@ class Check:
     calibrated_on: int
     measured: dict[str, float]
     predicted: dict[str, float]
-    simulated: RunRecord | None = field(default=None, repr=False)
+    record: RunRecord = field(repr=False)
+    """The measured run."""
+    simulated: RunRecord = field(repr=False)
+    """The first of the simulations."""
 
     def error(self, measure: str) -> float:
         m = self.measured[measure]
@@ -137,12 +140,11 @@ class Check:
         return self.worst <= TOLERANCE[self.basis]
 
 
-def validate(run_dirs: Sequence[RunDir], *, cores_per_node: float = 0.0, reps: int = REPS) -> list[Check]:
+def validate(runs: Sequence[tuple[RunDir, RunRecord]], *, cores_per_node: float = 0.0, reps: int = REPS) -> list[Check]:
     """Replay every run with costs from its own record, from the other seeds of its strategy and
     slot count (held out), and from its strategy's runs at other slot counts (cross-shape)."""
-    loaded = [(d, d.record()) for d in run_dirs]
     # a resumed run stood still between its drivers; a replay has no model of that time
-    done = [(d, r) for d, r in loaded if r.finished_at and r.trials and not r.resumes]
+    done = [(d, r) for d, r in runs if r.finished_at and r.trials and not r.resumes]
     checks = []
     for run_dir, record in done:
         same = [r for d, r in done if r.strategy == record.strategy and Path(r.preset).stem == Path(record.preset).stem
@@ -156,7 +158,7 @@ def validate(run_dirs: Sequence[RunDir], *, cores_per_node: float = 0.0, reps: i
             costs = fit(pool, cores_per_node=cores_per_node, source=f"{basis}: {len(pool)} run(s)")
             predicted, first = predict(lambda rep, c=costs: replay(record, c, seed=rep), reps)
             checks.append(Check(str(run_dir.path), record.strategy, record.seed, record.slots or 1, basis, len(pool),
-                                {m: getattr(measured, m) for m in MEASURES}, predicted, first))
+                                {m: getattr(measured, m) for m in MEASURES}, predicted, record, first))
     if not checks:
         raise ConfigError("no finished run records to replay (resumed runs are left out: a replay has no model of the "
                           "time a run stood still); run make bench-all first")
