@@ -32,6 +32,9 @@ GPUS_PER_NODE ?= 8
 SYSTEM_CPUS ?= 2
 SBATCH_ARGS ?=
 SIF ?= harness.sif
+# jobs: the head job submits NUM_WORKERS worker jobs (sbatch inside a job); allocation: one job of
+# NUM_WORKERS + 1 nodes whose other nodes join through srun (no sbatch inside the job)
+LAUNCH ?= jobs
 # make soak: the fault schedule's seed and how many faults (tools/soak.py --help for the rest)
 SEED ?= 0
 FAULTS ?= 20
@@ -68,6 +71,7 @@ strategies: $(STAMP) ## list the registered strategies (each has bench-<name> an
 
 bench-%: $(STAMP) ## run strategy % on PRESET (smoke: local Ray, sqlite MLflow, tiny offline model), once per seed in SEEDS
 	$(call run_seeds,$*)
+
 
 resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill or a stop before a time limit (same MLflow runs)
 	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }
@@ -142,25 +146,32 @@ mlflow-ui: $(STAMP) ## serve the MLflow UI for RESULTS_DIR on 127.0.0.1 (port ML
 	$(PY) -m harness ui-urls --results-dir $(RESULTS_DIR) --port $(MLFLOW_PORT)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --backend-store-uri "sqlite:///$(abspath $(RESULTS_DIR))/mlflow.db" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
-submit-%: $(STAMP) ## submit the SLURM head job for strategy % on SUBMIT_PRESET in the container SIF; node-sized: CPUS_PER_NODE, GPUS_PER_NODE, SYSTEM_CPUS, NUM_WORKERS
+submit-%: $(STAMP) ## submit the SLURM head job for strategy % on SUBMIT_PRESET in the container SIF; node-sized: CPUS_PER_NODE, GPUS_PER_NODE, SYSTEM_CPUS, NUM_WORKERS; LAUNCH=allocation: one job of NUM_WORKERS+1 nodes
 	$(call submit,$*,hpo-$*-$(notdir $(basename $(SUBMIT_PRESET))))
 
 # The checks the head job makes, before anything is queued (bad input, no room, no image: exit 2),
 # then one head job of the node's size, named hpo-<strategy>-<preset>; it submits NUM_WORKERS
-# worker jobs of the same size (hpo-<strategy>-<preset>-worker). A strategy that needs no Ray
-# (job-plan says USES_RAY=0: the sequential grid) runs in the head job alone.
+# worker jobs of the same size (hpo-<strategy>-<preset>-worker). LAUNCH=allocation: one job of
+# NUM_WORKERS + 1 such nodes instead, one task each, whose other nodes join by srun. A strategy that
+# needs no Ray (job-plan says USES_RAY=0: the sequential grid) runs in the head job alone (one node).
 define submit
 	@[[ "$(origin STRATEGY)" != "command line" || "$(STRATEGY)" == "$(1)" ]] || { echo "error: STRATEGY=$(STRATEGY) no longer chooses what make submit-$(1) runs; run make submit-$(STRATEGY)" >&2; exit 2; }
+	@[[ "$(LAUNCH)" == jobs || "$(LAUNCH)" == allocation ]] || { echo "error: LAUNCH=$(LAUNCH) is not a launch mode; use LAUNCH=jobs (worker jobs submitted by the head job) or LAUNCH=allocation (one allocation of NUM_WORKERS+1 nodes)" >&2; exit 2; }
 	plan="$$(HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness job-plan --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS))"; \
 	if [[ "$$plan" == *USES_RAY=1* ]]; then $(PY) -m harness capacity --preset $(SUBMIT_PRESET) --strategy $(1) $(HARNESS_ARGS) \
-	  --nodes $$(( $(NUM_WORKERS) + 1 )) --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS); fi
-	@[[ "$(SIF)" == none || -f "$(SIF)" ]] || { echo "error: SIF=$(SIF) does not exist; build it with make container (needs apptainer), or SIF=none to run the jobs from .venv" >&2; exit 2; }
-	mkdir -p logs
+	  --nodes $$(( $(NUM_WORKERS) + 1 )) --cpus-per-node $(CPUS_PER_NODE) --gpus-per-node $(GPUS_PER_NODE) --system-cpus $(SYSTEM_CPUS); fi; \
+	[[ "$(SIF)" == none || -f "$(SIF)" ]] || { echo "error: SIF=$(SIF) does not exist; build it with make container (needs apptainer), or SIF=none to run the jobs from .venv" >&2; exit 2; }; \
+	mkdir -p logs; \
 	gres=$$( (( $(GPUS_PER_NODE) > 0 )) && echo "--gres=gpu:$(GPUS_PER_NODE)" || true ); \
+	script=slurm/head_node_raytune_pbt_hpo.slurm; shape=(); \
+	if [[ "$(LAUNCH)" == allocation ]]; then \
+	  script=slurm/allocation_raytune_hpo.slurm; \
+	  shape=(--nodes=$$( [[ "$$plan" == *USES_RAY=1* ]] && echo $$(( $(NUM_WORKERS) + 1 )) || echo 1 ) --ntasks-per-node=1); \
+	fi; \
 	PRESET=$(SUBMIT_PRESET) STRATEGY=$(1) NUM_WORKERS=$(NUM_WORKERS) SYSTEM_CPUS=$(SYSTEM_CPUS) HARNESS_ARGS="$(HARNESS_ARGS)" \
 	HARNESS_SIF=$(if $(filter none,$(SIF)),none,$(abspath $(SIF))) CACHE_DIR="$(abspath $(CACHE_DIR))" RESULTS_DIR="$(abspath $(RESULTS_DIR))" \
 	WORKER_SBATCH_ARGS="--cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS)" \
-	sbatch --job-name=$(2) --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) slurm/head_node_raytune_pbt_hpo.slurm
+	sbatch --job-name=$(2) "$${shape[@]}" --cpus-per-task=$(CPUS_PER_NODE) $$gres $(SBATCH_ARGS) $$script
 endef
 
 # The GPU machine (device in the tool library) has Python 3.12, torch and transformers, but no

@@ -123,6 +123,29 @@ def test_make_submit_manual_uses_the_head_job_and_refuses_without_an_image(tmp_p
     assert args[0] == "--job-name=hpo-manual-seed" and args[-1] == "slurm/head_node_raytune_pbt_hpo.slurm"
 
 
+def test_make_submit_launch_allocation_asks_once_for_every_node(tmp_path):
+    """LAUNCH=allocation: one job of NUM_WORKERS + 1 nodes, one task each (the sequential grid: one
+    node); a launch mode that does not exist is refused before anything is queued."""
+    image = tmp_path / "harness.sif"
+    image.write_text("image")
+    calls, env = _fake_sbatch(tmp_path)
+    cache = f"CACHE_DIR={_prepared_seed_cache(tmp_path / 'cache')}"
+    done = _make(env, "submit-pbt", "LAUNCH=sometimes", f"SIF={image}", cache)
+    assert done.returncode == 2 and not calls.exists()
+    assert done.stderr.splitlines()[0].startswith("error: LAUNCH=sometimes is not a launch mode; use LAUNCH=jobs")
+    done = _make(env, "submit-pbt", "LAUNCH=allocation", "NUM_WORKERS=2", f"SIF={image}", cache)
+    assert done.returncode == 0, done.stderr
+    assert "3 node(s) hold 12 trial(s) at once" in done.stdout
+    args = calls.read_text().splitlines()[-1].split()
+    assert args[:5] == ["--job-name=hpo-pbt-seed", "--nodes=3", "--ntasks-per-node=1", "--cpus-per-task=20",
+                        "--gres=gpu:8"]
+    assert args[-1] == "slurm/allocation_raytune_hpo.slurm"
+    done = _make(env, "submit-manual", "LAUNCH=allocation", "NUM_WORKERS=2", f"SIF={image}", cache)
+    assert done.returncode == 0, done.stderr
+    args = calls.read_text().splitlines()[-1].split()
+    assert args[:3] == ["--job-name=hpo-manual-seed", "--nodes=1", "--ntasks-per-node=1"]
+
+
 def _bash(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", "-c", f"set -euo pipefail; source slurm/common.sh; {script}"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120,

@@ -30,6 +30,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slurm, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ROOT / "slurm" / "head_node_raytune_pbt_hpo.slurm"
+ALLOCATION = ROOT / "slurm" / "allocation_raytune_hpo.slurm"
+#: The one-node test cluster's stand-in for NUM_WORKERS + 1 nodes: two tasks on its one node, one Ray
+#: node each (the head on 127.0.0.2, the worker on 127.0.0.3), as make submit-* LAUNCH=allocation
+#: asks for --nodes=2 --ntasks-per-node=1 on a real cluster.
+TWO_TASKS = ("--nodes=1", "--ntasks-per-node=2")
 PY = str(ROOT / ".venv" / "bin" / "python")
 SMALL = "--set budget.trial_iterations=12"  # a PBT population of 4, a grid of 4
 IMAGE_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -96,13 +101,13 @@ def _env(cluster, tmp: Path, extra_env: dict[str, str]) -> dict[str, str]:
 
 
 def _submit(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str,
-            name: str = "hpo-pbt-smoke") -> tuple[int, Path, str]:
+            name: str = "hpo-pbt-smoke", script: Path = HEAD) -> tuple[int, Path, str]:
     """Submit the head job and wait for it: (its exit code, its log, its id). Polled every half
     second (sbatch --wait sleeps up to 10 s between its own polls)."""
     logs = tmp / "logs"
     done = subprocess.run(
         ["sbatch", "--parsable", "--cpus-per-task=1", f"--job-name={name}", f"--output={logs}/%x-%j.out",
-         *sbatch_args, str(HEAD)],
+         *sbatch_args, str(script)],
         capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -335,9 +340,11 @@ def test_scancel_mid_run_leaves_a_finish_line_and_no_process(cluster, prepared, 
     _assert_nothing_left(job_id, *workers)
 
 
-def _submit_nowait(cluster, tmp: Path, extra_env: dict[str, str]) -> tuple[str, Path]:
+def _submit_nowait(cluster, tmp: Path, extra_env: dict[str, str], *sbatch_args: str,
+                   script: Path = HEAD) -> tuple[str, Path]:
     logs = tmp / "logs"
-    done = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", f"--output={logs}/%x-%j.out", str(HEAD)],
+    done = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", "--job-name=hpo-head",
+                           f"--output={logs}/%x-%j.out", *sbatch_args, str(script)],
                           capture_output=True, text=True, env=_env(cluster, tmp, extra_env), cwd=tmp, timeout=60)
     assert done.returncode == 0, done.stderr
     job_id = done.stdout.strip().split(";")[0]
@@ -437,3 +444,73 @@ def test_a_worker_job_cancelled_mid_run_costs_only_its_in_flight_iterations(clus
     assert all(row.node_ip == "127.0.0.2" for t in retried for row in t.history[-1:])
     print(f"retried after losing the worker: {[(t.name, t.retries) for t in retried]}")
     _assert_nothing_left(job_id, worker_id)
+
+
+# One allocation (make submit-<strategy> LAUNCH=allocation): no job submits another; the worker
+# node joins through an srun step of the same job.
+
+@pytest.fixture(scope="module")
+def allocation_job(cluster, prepared, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("allocation")
+    rc, log, job_id = _submit(cluster, tmp, {**prepared, "NUM_WORKERS": "3"}, *TWO_TASKS, script=ALLOCATION)
+    assert rc == 0, log.read_text()[-6000:] if log.is_file() else "(no log)"
+    return tmp, log, job_id
+
+
+def _steps_of(job_id: str, tmp: Path) -> list[Path]:
+    return sorted((tmp / "logs").glob(f"*-worker-{job_id}.*.out"))
+
+
+def test_one_allocation_runs_both_ray_nodes_from_srun_steps_and_leaves_nothing(allocation_job, cluster):
+    tmp, log, job_id = allocation_job
+    text = log.read_text()
+    assert re.search(rf"^===== JOB {job_id} START : .* =====$", text, re.M)
+    assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
+    assert "NUM_WORKERS=3, but this allocation has 2 tasks: 1 worker node(s) join" in text
+    assert "worker nodes: 1 srun step(s) in this allocation" in text and "worker jobs:" not in text
+    (step_log,) = _steps_of(job_id, tmp)
+    step = step_log.read_text()
+    assert "as 127.0.0.3" in step and "shutdown.txt found (head exit code 0)" in step and "worker done (exit 0)" in step
+    jobs = {line.split()[0].split("=")[1] for line in (cluster.root / "log" / "jobcomp.txt").read_text().splitlines()
+            if f"WorkDir={tmp} " in line}
+    assert jobs == {job_id}, "no job was submitted from inside the allocation"
+    (run_dir,) = [p for p in (tmp / "results").iterdir() if (p / "run_record.json").is_file()]
+    record = RunDir(run_dir).record()
+    assert all(t.status == "TERMINATED" and t.iterations == 3 for t in record.trials)
+    assert {row.node_ip for t in record.trials for row in t.history} == {"127.0.0.2", "127.0.0.3"}
+    out = _collect(log)
+    assert len([line for line in out.splitlines() if re.match(r"\| c\d\d \|", line)]) == 4
+    assert "| total job time |" in out
+    assert cluster.run("squeue", "-h").stdout.strip() == ""
+    _assert_nothing_left(job_id)
+
+
+def test_one_allocation_loses_a_node_then_stops_on_usr1_and_resumes(cluster, prepared, tmp_path):
+    """The worker node's step is cancelled mid-run (a lost node): its trials go on on the head node.
+    Then USR1 (what --signal=B:USR1@120 sends before the time limit): exit 75 with a FINISH line;
+    RESUME= in a new allocation finishes the same run."""
+    budget = {**prepared, "HARNESS_ARGS": "--set budget.trial_iterations=24"}  # a population of 8
+    job_id, log = _submit_nowait(cluster, tmp_path, budget, *TWO_TASKS, script=ALLOCATION)
+    results = tmp_path / "results"
+    _wait_until(cluster, job_id, log, lambda: _results_in(results, node="127.0.0.3") >= 1, "no result from the worker")
+    assert cluster.run("scancel", f"{job_id}.0").returncode == 0  # the worker node's srun step
+    lost = _results_in(results)
+    _wait_until(cluster, job_id, log, lambda: _results_in(results, node="127.0.0.2") >= lost + 2,
+                "nothing reported after the worker node was lost")
+    assert cluster.run("scancel", "--signal=USR1", "--batch", job_id).returncode == 0
+    _wait_for_empty_queue(cluster)
+    text = log.read_text()
+    assert "SIGUSR1: the time limit is near" in text and "head job done (exit 75)" in text, text[-4000:]
+    assert re.search(rf"^===== JOB {job_id} FINISH : .* =====$", text, re.M)
+    _assert_nothing_left(job_id)
+    (run_dir,) = [p.parent for p in results.glob("*/events.jsonl")]
+    assert RunDir(run_dir).record().stopped
+
+    rc, log2, resumed = _submit(cluster, tmp_path, {**budget, "RESUME": str(run_dir)}, *TWO_TASKS, script=ALLOCATION)
+    assert rc == 0, log2.read_text()[-4000:]
+    record = RunDir(run_dir).record()
+    assert not record.stopped and len(record.resumes) == 1
+    assert len(record.trials) == 8
+    assert all(t.status == "TERMINATED" and [r.iteration for r in t.history] == [1, 2, 3] for t in record.trials)
+    assert any(t.retries for t in record.trials), "the lost node's trials were restarted"
+    _assert_nothing_left(job_id, resumed)
