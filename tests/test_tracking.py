@@ -114,3 +114,23 @@ def test_a_child_the_killed_driver_made_but_never_wrote_down_is_continued_not_ma
                 if r.data.tags.get("mlflow.parentRunId") == first.parent_id]
     assert [c.info.run_id for c in children] == [first.children["t_00000"]]
     assert run_dir.replay().mlflow_children == {"t_00000": first.children["t_00000"]}
+
+
+def test_a_child_run_gets_the_trials_own_system_metrics_and_no_gpu_metric_without_a_gpu(results):
+    from mlflow.tracking import MlflowClient
+
+    from harness.reporting.tracking import Tracker, tracking_uri
+
+    cfg, run_dir = _run_dir(results)
+    with Tracker(cfg, run_dir, tags={}, events=run_dir.event_log()) as tracker:
+        tracker.trial_started("t_00000", "a", HP)
+        for iteration, cpu in ((1, 40.0), (2, 45.0)):
+            tracker.trial_result("t_00000", Iteration(iteration=iteration, eval_loss=5.0, cpu_percent=cpu,
+                                                      cpus_reserved=0.5, rss_peak_mib=600.0, gpus=0, monitor_s=0.01))
+    client = MlflowClient(tracking_uri=tracking_uri(results))
+    run_id = tracker.children["t_00000"]
+    metrics = client.get_run(run_id).data.metrics
+    assert sorted(k for k in metrics if k.startswith("system/")) == [
+        "system/trial_cpu_cores", "system/trial_cpu_utilization_percentage", "system/trial_rss_megabytes"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "system/trial_cpu_utilization_percentage")] \
+        == [(1, 80.0), (2, 90.0)]

@@ -49,9 +49,13 @@ def test_eval_loss_falls_with_a_good_lr_and_barely_moves_with_a_bad_one(smoke_cf
         got = Collector(tmp_path / f"keep{lr}")
         seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path,
                        hparams={"lr": lr, "per_device_train_batch_size": 2, "weight_decay": 0.0})
-        run_segment(seg, got)
+        run_trial_segment(seg, got)  # what Tune calls: run_segment in this process, measured (sysmon)
         assert [r.iteration for r in got.reports] == [1, 2, 3]
         losses[lr] = [r.eval_loss for r in got.reports]
+        for r in got.reports:  # the trial's own use of the machine, on the CPU
+            assert r.cpu_percent > 0 and r.cpus_reserved == smoke_cfg.resources.cpus_per_worker and r.rss_peak_mib > 0
+            assert (r.gpus, r.gpu_util_percent, r.gpu_memory_peak_mib) == (0, None, None)
+            assert 0 < r.monitor_s < 0.05 * (sum(r.phases.values()) + 0.5), r  # a small cost of its iteration
     good, bad = losses[smoke_cfg.search.lr_upper], losses[smoke_cfg.search.lr_lower]
     assert good[0] - good[-1] > 1.0, good  # falls visibly, iteration after iteration
     assert abs(bad[0] - bad[-1]) < 0.1, bad  # barely moves
@@ -86,10 +90,12 @@ def test_restore_trains_with_the_new_hyperparameters_for_exactly_the_remaining_i
 def test_two_gloo_ranks_train_one_trial(smoke_cfg, tiny_model_path, data_path, tmp_path):
     got = Collector(tmp_path / "dist")
     seg = _segment(smoke_cfg, tiny_model_path, data_path, tmp_path)
-    seg = dataclasses.replace(seg, cfg=seg.cfg.updated({"train.iterations": 2}))
-    run_distributed(seg, 2, got)
+    seg = dataclasses.replace(seg, cfg=seg.cfg.updated({"train.iterations": 2, "resources.workers_per_trial": 2}))
+    run_trial_segment(seg, got)  # run_distributed, measured in this (idle) process
     assert [r.iteration for r in got.reports] == [1, 2]
     assert all(r.world_size == 2 and r.effective_batch_size == 4 for r in got.reports)
+    # the ranks are this process's children: their CPU counts (this process alone only polls a pipe)
+    assert all(r.cpu_percent > 30 and r.cpus_reserved == 2 * smoke_cfg.resources.cpus_per_worker for r in got.reports)
     assert got.reports[-1].eval_loss < got.reports[0].eval_loss
 
 

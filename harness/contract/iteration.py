@@ -52,6 +52,10 @@ PURE_PHASES = ("train", "eval")
 #: Reported values a strategy may optimize (``tune.metric``).
 METRICS = ("eval_loss", "train_loss")
 
+#: The prefix MLflow's UI groups under "System metrics" (MLflow's own ``log_system_metrics`` uses it).
+SYSTEM_PREFIX = "system/"
+_MIB_IN_MB = 2**20 / 1e6
+
 
 def checkpoint_name(trial_id: str, iteration: int) -> str:
     """How :attr:`IterationReport.started_from` names a checkpoint: ``<trial id>@<iteration>``
@@ -93,6 +97,25 @@ class IterationReport:
     effective_batch_size: int | None = None
     deepspeed: bool | None = None
     peak_gpu_memory_mib: float | None = None
+    """What torch's allocator on rank 0 held at most (0 on the CPU); :attr:`gpu_memory_peak_mib` is
+    the devices' own count."""
+    cpu_percent: float | None = None
+    """CPU time of the trial's own processes (the trial process, its ranks and their children) from
+    the previous report to this one, over that wall time, in percent of one core: 250 is two and a
+    half cores busy."""
+    cpus_reserved: float | None = None
+    """CPUs Ray reserved for the trial (``cpus_per_worker`` x ``workers_per_trial``)."""
+    rss_peak_mib: float | None = None
+    """The most resident memory the trial's own processes held together at once (sampled)."""
+    gpus: int | None = None
+    """GPUs assigned to the trial (0: none; None: not measured, an older record)."""
+    gpu_util_percent: float | None = None
+    """Mean utilization of the trial's GPUs over the iteration (None without a GPU or NVML, never 0)."""
+    gpu_memory_peak_mib: float | None = None
+    """The most memory in use on the trial's GPUs together, as NVML counts it (None without a GPU or NVML)."""
+    monitor_s: float | None = None
+    """Seconds the sampler of the fields above spent in this iteration: its cost, to compare with
+    ``time_this_iter_s``."""
     segment_start_iteration: int | None = None
     """The iteration the segment started from: where a trial (re)starts, from its own or a donor's checkpoint."""
     exploited_from: str = ""
@@ -165,4 +188,23 @@ class Iteration(IterationReport):
     def logged_metrics(self) -> dict[str, float]:
         out = {k: float(getattr(self, k)) for k in self.LOGGED if isinstance(getattr(self, k), (int, float))}
         out.update({phase_key(p): float(v) for p, v in self.phases.items()})
+        out.update(self.system_metrics())
+        return out
+
+    def system_metrics(self) -> dict[str, float]:
+        """The trial's own use of the machine under MLflow's system-metric prefix (``system/``), so the
+        UI's "System metrics" tab shows it beside the node-wide figures of ``log_system_metrics``; only
+        those measured (no GPU: no GPU metric). Megabytes are MLflow's (10^6 bytes); CPU utilization is
+        the percent of the CPUs Ray reserved, ``trial_cpu_cores`` the cores busy on average."""
+        out: dict[str, float] = {}
+        if self.cpu_percent is not None:
+            out[f"{SYSTEM_PREFIX}trial_cpu_cores"] = self.cpu_percent / 100
+            if self.cpus_reserved:
+                out[f"{SYSTEM_PREFIX}trial_cpu_utilization_percentage"] = self.cpu_percent / self.cpus_reserved
+        if self.rss_peak_mib is not None:
+            out[f"{SYSTEM_PREFIX}trial_rss_megabytes"] = self.rss_peak_mib * _MIB_IN_MB
+        if self.gpu_util_percent is not None:
+            out[f"{SYSTEM_PREFIX}trial_gpu_utilization_percentage"] = float(self.gpu_util_percent)
+        if self.gpu_memory_peak_mib is not None:
+            out[f"{SYSTEM_PREFIX}trial_gpu_memory_megabytes"] = self.gpu_memory_peak_mib * _MIB_IN_MB
         return out

@@ -13,6 +13,11 @@ The accounting (docs/accounting.md says why it holds):
   × their mean iteration time is what it avoided;
 * PBT stops nothing early; an exploit overwrites the receiver's weights, so iterations whose
   results no final model embodies are waste, never time saved.
+* slot utilization says how long the trials held their slots; device utilization says how busy
+  they kept what they held: CPU = Σ CPU-seconds of the trials' own processes / Σ (iteration
+  seconds x CPUs reserved), GPU = the mean GPU utilization weighted by GPU-seconds held
+  (:func:`device_utilization`, from the figures every iteration's report carries: ``cpu_percent``,
+  ``cpus_reserved``, ``gpus``, ``gpu_util_percent``).
 
 A trial's busy intervals: each reported iteration covers ``[received_at - time_this_iter_s,
 received_at]``. Intervals are clipped to the job's window, so records whose stamps disagree by a
@@ -221,6 +226,32 @@ def anytime_by_budget(record: RunRecord) -> list[tuple[float, float]]:
     return [(float(i), best) for i, (_, _, best) in enumerate(anytime(record), start=1)]
 
 
+def device_utilization(record: RunRecord) -> tuple[float, float, float]:
+    """(CPU utilization, GPU utilization, GPUs per trial) of the CPUs and GPUs the trials held,
+    while they held them, over every iteration run (reruns and discarded trials too: they held
+    their devices as well).
+
+    CPU: Σ CPU-seconds of the trials' own processes / Σ (iteration seconds x CPUs reserved), so
+    1.0 is every reserved CPU busy all the time (more is possible: a trial may use more threads
+    than it reserved). GPU: the utilization weighted by iteration seconds x GPUs. GPUs per trial:
+    the most any iteration had, 0 for none. NaN where no iteration recorded them (an older
+    harness; for the GPU also: no GPU), so a missing figure is never read as an idle device.
+    """
+    rows = [row for t in record.trials + record.discarded for row in t.all_rows]
+    cpu_s = held = 0.0
+    gpu_busy = gpu_held = 0.0
+    for row in rows:
+        if row.cpu_percent is not None and row.cpus_reserved:
+            cpu_s += row.cpu_percent / 100 * row.seconds
+            held += row.seconds * row.cpus_reserved
+        if row.gpu_util_percent is not None and row.gpus:
+            gpu_busy += row.gpu_util_percent / 100 * row.seconds * row.gpus
+            gpu_held += row.seconds * row.gpus
+    gpus = [row.gpus for row in rows if row.gpus is not None]
+    return (cpu_s / held if held > 0 else math.nan, gpu_busy / gpu_held if gpu_held > 0 else math.nan,
+            float(max(gpus)) if gpus else math.nan)
+
+
 @dataclass
 class Summary:
     """One run's measured figures (one strategy at one seed)."""
@@ -248,6 +279,9 @@ class Summary:
     peak_concurrency: int
     slots: int
     slot_utilization: float  # Σ trial runtime / (trial window x slots)
+    cpu_utilization: float  # Σ CPU-seconds of trial processes / Σ (iteration s x CPUs reserved); NaN: not recorded
+    gpu_utilization: float  # GPU utilization of the GPUs trials held, weighted by GPU-seconds; NaN: none measured
+    gpus_per_trial: float  # GPUs a trial held (0: none; NaN: not recorded)
     wall_utilization: float  # Σ trial runtime / (wall x slots)
     pure_s: float  # Σ train + eval seconds
     overhead_s: float  # Σ trial runtime - pure, plus process start-ups outside Ray's clock
@@ -293,6 +327,7 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
     first, later = segment_iteration_times(record)
     first_s, later_s = _median(first), _median(later)
     planned = planned_iterations(record)
+    cpu_used, gpu_used, gpus = device_utilization(record)
     return Summary(
         strategy=record.strategy,
         seed=record.seed,
@@ -317,6 +352,9 @@ def summarize(record: RunRecord, run_dir: str = "") -> Summary:
         peak_concurrency=peak,
         slots=slots,
         slot_utilization=total / (trial_window * slots) if trial_window > 0 else math.nan,
+        cpu_utilization=cpu_used,
+        gpu_utilization=gpu_used,
+        gpus_per_trial=gpus,
         wall_utilization=total / (wall * slots) if wall > 0 else math.nan,
         pure_s=pure,
         overhead_s=total - pure + phases.get("process_up", 0.0),

@@ -44,6 +44,15 @@ def _n(a: Aggregate) -> str:
     return f"{len(a.runs)} seed{'s' * (len(a.runs) != 1)}"
 
 
+def _device(a: Aggregate) -> str:
+    """CPU and GPU utilization of what the trials held, or why a figure is missing."""
+    cpu, gpu, gpus = a["cpu_utilization"], a["gpu_utilization"], a["gpus_per_trial"]
+    out = "CPU not recorded" if math.isnan(cpu) else f"CPU {cpu:.0%} of the CPUs reserved"
+    if not math.isnan(gpu):
+        return f"{out}, GPU {gpu:.0%}"
+    return f"{out}, no GPU" if gpus == 0 else f"{out}, GPU not recorded"
+
+
 def q1(a: Aggregate) -> tuple[list[Verdict], str]:
     """Why one strategy's job is shorter than Σ of its trials' runtimes (medians across seeds)."""
     wall, total, window = a["wall_s"], a["sum_runtime_s"], a["trial_window_s"]
@@ -58,7 +67,9 @@ def q1(a: Aggregate) -> tuple[list[Verdict], str]:
         Verdict("B", Q1_OPTIONS["B"], "yes" if a["slot_utilization"] < UNDER_USED else "no",
                 f"yes if slot utilization (Σ trial runtime / (trial window x slots)) < {UNDER_USED:.0%}; "
                 "an idle slot lengthens a job, it never shortens it",
-                f"slot utilization {a['slot_utilization']:.0%} of {slots:.0f} slots"),
+                f"slot utilization {a['slot_utilization']:.0%} of {slots:.0f} slots (how long the trials held "
+                f"them); device utilization while held (how busy the trials kept what they held): "
+                f"{_device(a)}"),
         Verdict("C", Q1_OPTIONS["C"], "yes" if parallel and stopped else ("partly" if parallel or stopped else "no"),
                 f"parallel if mean trials at once (Σ / trial window) > {PARALLEL_THRESHOLD}; stopped early if "
                 "a scheduler ended trials before their planned iterations; yes for both, partly for one",

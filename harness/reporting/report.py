@@ -146,13 +146,23 @@ COMPARISON_COLUMNS = [
     ("wall_s_median", "wall (s)"), ("wall_s_ci_low", "wall CI low"), ("wall_s_ci_high", "wall CI high"),
     ("sum_runtime_s_median", "Σ trial runtime (s)"), ("sum_runtime_s_ci_low", "Σ CI low"),
     ("sum_runtime_s_ci_high", "Σ CI high"), ("mean_concurrency", "mean at once (Σ/window)"),
-    ("slot_utilization", "slot utilization"), ("wall_utilization", "Σ/(wall x slots)"),
+    ("slot_utilization", "slot utilization"), ("cpu_utilization", "CPU utilization (of the CPUs held)"),
+    ("gpu_utilization", "GPU utilization (of the GPUs held)"), ("gpus_per_trial", "GPUs per trial"),
+    ("wall_utilization", "Σ/(wall x slots)"),
     ("pure_s", "train+eval (s)"), ("overhead_s", "overhead (s)"), ("overhead_ratio", "overhead ratio"),
     ("first_iteration_ratio", "1st/later iteration"), ("early_stop_avoided_s", "avoided by early stop (trial-s)"),
     ("discarded_s", "discarded by exploits (trial-s)"), ("exploits", "exploits"),
     ("distinct_configs", "distinct configs"), ("errored", "errored trials"), ("retries", "trial retries"),
     ("resumes", "resumes"), ("rerun_iterations", "iterations run twice"), ("time_lost_s", "time lost to faults (s)"),
 ]
+
+
+def device_share(value: float, gpus: float | None = None) -> str:
+    """A device utilization as the comparison shows it: a percentage; "no GPU" where the trials
+    had none (``gpus`` 0); "n/a" where the records do not say (an older harness, no NVML)."""
+    if not math.isnan(value):
+        return f"{value:.0%}"
+    return "no GPU" if gpus == 0 else "n/a"
 
 
 def comparison_rows(aggregates: list[Any]) -> list[dict[str, Any]]:
@@ -197,6 +207,7 @@ def comparison_table(aggregates: list[Any]) -> Table:
             num(row["slots"], 0), interval(a, "best_eval_loss", 4), row["ranks"], num(row["mean_rank"], 2),
             interval(a, "wall_s", 1), interval(a, "sum_runtime_s", 1), num(row["mean_concurrency"], 2),
             f"{row['slot_utilization']:.0%}" if not math.isnan(row["slot_utilization"]) else "",
+            device_share(row["cpu_utilization"]), device_share(row["gpu_utilization"], row["gpus_per_trial"]),
             num(row["overhead_ratio"], 2), num(row["first_iteration_ratio"], 2), num(row["early_stop_avoided_s"]),
             num(row["discarded_s"]), num(row["exploits"], 0), num(row["distinct_configs"], 0),
             num(row["errored"], 0), num(row["retries"], 0), num(row["rerun_iterations"], 0), num(row["time_lost_s"]),
@@ -206,6 +217,7 @@ def comparison_table(aggregates: list[Any]) -> Table:
                  ["strategy", "role", "seeds", "iterations run / budget", "slots", "best eval_loss", "rank per seed",
                   "mean rank",
                   "wall (s)", "Σ trial runtime (s)", "trials at once (Σ/window)", "slot utilization",
+                  "CPU utilization (of the CPUs held)", "GPU utilization (of the GPUs held)",
                   "overhead ratio", "1st/later iteration", "avoided by early stop (trial-s)",
                   "discarded by exploits (trial-s)", "exploits", "distinct configs", "errored trials",
                   "trial retries", "iterations run twice", "time lost to faults (s)"], rows)
@@ -323,7 +335,9 @@ def write_comparison(records: dict[tuple[str, int], RunRecord], aggregates: list
     opening = f"{banner}\n\n" if banner else ""
     text = (f"# Strategy comparison\n\n{opening}{len(aggregates)} strategies, {'/'.join(map(str, n_seeds))} seed(s) each. "
             "Budgets are compared on the trial-iterations each run really trained; a strategy whose budget "
-            "differs from the most common one by more than 10% is shown but not ranked.\n\n"
+            "differs from the most common one by more than 10% is shown but not ranked. Slot utilization says how "
+            "long the trials held their slots; CPU and GPU utilization, how busy they kept the CPUs and GPUs they "
+            "held, while they held them (their own processes and GPUs only, not the node's).\n\n"
             f"{comparison_table(aggregates).markdown()}\n{pairwise_table(aggregates).markdown()}\n"
             f"{ranking_markdown(aggregates)}\n"
             f"{phases_table(aggregates).markdown()}\n{runs.markdown()}\n{quiz_markdown(aggregates)}\n"

@@ -99,12 +99,12 @@ def estimate(values: Sequence[float], seed: int = 0, level: float = 0.95) -> Est
 #: Figures aggregated per strategy with an interval.
 ESTIMATED = ("best_eval_loss", "wall_s", "sum_runtime_s")
 #: Figures aggregated per strategy as a median across seeds.
-MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall", "slot_utilization", "wall_utilization",
-           "mean_concurrency", "peak_concurrency", "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s",
-           "setup_s", "trial_window_s", "teardown_s", "early_stop_avoided_iterations", "early_stop_avoided_s",
-           "discarded_iterations", "discarded_s", "exploits", "distinct_configs", "trials", "errored",
-           "trials_without_result", "completed_all_iterations", "retries", "resumes", "redone_iterations", "rerun_iterations",
-           "time_lost_s")
+MEDIANS = ("iterations_run", "budget_trial_iterations", "slots", "sum_over_wall", "slot_utilization", "cpu_utilization",
+           "gpu_utilization", "gpus_per_trial", "wall_utilization", "mean_concurrency", "peak_concurrency",
+           "overhead_ratio", "first_iteration_ratio", "pure_s", "overhead_s", "setup_s", "trial_window_s", "teardown_s",
+           "early_stop_avoided_iterations", "early_stop_avoided_s", "discarded_iterations", "discarded_s", "exploits",
+           "distinct_configs", "trials", "errored", "trials_without_result", "completed_all_iterations", "retries",
+           "resumes", "redone_iterations", "rerun_iterations", "time_lost_s")
 
 
 @dataclass

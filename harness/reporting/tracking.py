@@ -5,7 +5,9 @@ settings it crashes ``Tuner.fit`` at the first PBT exploit ("Changing param valu
 allowed", ray#20473) and leaves a parent run RUNNING. Here a child run gets the trial's *initial*
 hyperparameters as params (params are immutable in MLflow) and the *current* lr, batch size and
 weight decay as metrics per iteration, so PBT's mutations are visible over time; exploits are
-metrics and tags too. The parent run is created and ended by the harness.
+metrics and tags too. The trial's own use of its CPUs, memory and GPUs is logged per iteration
+under ``system/trial_*`` (:meth:`~harness.contract.iteration.Iteration.system_metrics`): the
+"System metrics" tab of a child run shows it. The parent run is created and ended by the harness.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Medians logged on a comparison's strategy-summary runs, beside best_eval_loss (with its
 #: interval), wall_s and sum_runtime_s.
-SUMMARY_MEDIANS = ("budget_trial_iterations", "iterations_run", "sum_over_wall", "slot_utilization", "overhead_ratio")
+SUMMARY_MEDIANS = ("budget_trial_iterations", "iterations_run", "sum_over_wall", "slot_utilization", "cpu_utilization",
+                   "gpu_utilization", "overhead_ratio")
 
 #: The runs-table columns that answer the question, as a view MLflow 3.15+ opens from a URL: the
 #: UI reads a shared view's state from the experiment tag ``mlflow.sharedViewState.<key>`` (plain
@@ -171,8 +174,9 @@ class Tracker(Sink):
         cfg = self.cfg
         return (f"One `{cfg.strategy}` run of the `{Path(cfg.preset).stem}` preset, seed {cfg.seed}: a budget of "
                 f"{cfg.budget_iterations()} trial-iterations of {cfg.train.iterations} per trial. Child runs are its "
-                f"trials (c01, c02, ...); metrics here are the run's totals (wall_s, sum_runtime_s, slot_utilization, "
-                f"best_eval_loss, ...). Run folder: {self.run_dir}")
+                f"trials (c01, c02, ...), each with its own CPU/GPU use under System metrics; metrics here are "
+                f"the run's totals (wall_s, sum_runtime_s, slot_utilization, cpu_utilization, best_eval_loss, ...). "
+                f"Run folder: {self.run_dir}")
 
     def __enter__(self) -> Tracker:
         self._open(self.token)

@@ -20,18 +20,29 @@ from typing import Any
 import torch
 
 from harness.contract.iteration import IterationReport
-from harness.trial import process
+from harness.trial import process, sysmon
 from harness.trial.checkpoint import Reporter, Segment, TrialError
 from harness.trial.segment import run_segment
 
 
 def run_trial_segment(seg: Segment, report: Reporter) -> None:
-    """In this process for one plain worker; as torch.distributed ranks for W > 1 or DeepSpeed."""
-    world = seg.cfg.resources.workers_per_trial
-    if world == 1 and not seg.cfg.train.deepspeed:
-        run_segment(seg, report)
-    else:
-        run_distributed(seg, world, report)
+    """In this process for one plain worker; as torch.distributed ranks for W > 1 or DeepSpeed.
+
+    The trial's use of the machine (:mod:`harness.trial.sysmon`) is measured here, in the trial
+    process, whichever runs: W ranks are its children, so one sampler sees them all (and runs
+    beside them, not inside rank 0's training loop), and each report is stamped as it leaves for
+    Ray, at the boundaries Ray's ``time_this_iter_s`` is measured between."""
+    r = seg.cfg.resources
+    world = r.workers_per_trial
+    with sysmon.Monitor(cpus_reserved=r.cpus_per_worker * world, gpus_reserved=r.gpus_per_worker * world) as monitor:
+
+        def stamped(done: IterationReport, ckpt_dir: str) -> None:
+            report(monitor.stamp(done), ckpt_dir)
+
+        if world == 1 and not seg.cfg.train.deepspeed:
+            run_segment(seg, stamped)
+        else:
+            run_distributed(seg, world, stamped)
 
 
 def _free_port() -> int:
