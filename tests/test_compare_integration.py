@@ -114,13 +114,17 @@ def test_compare_writes_one_row_per_strategy_with_budgets_intervals_and_plots(ru
     assert [r["strategy"] for r in rows] == ["manual", "fifo", "asha", "pbt", "pb2"]
     for r in rows:
         for column in ("budget_trial_iterations", "seeds", "best_eval_loss_median", "best_eval_loss_ci_low",
-                       "best_eval_loss_ci_high", "slot_utilization", "overhead_ratio"):
+                       "best_eval_loss_ci_high", "slot_utilization", "cpu_utilization", "overhead_ratio"):
             assert r[column] != "", (r["strategy"], column)
+        assert 0 < float(r["cpu_utilization"]) and r["gpu_utilization"] == "" and float(r["gpus_per_trial"]) == 0
         assert float(r["best_eval_loss_ci_low"]) <= float(r["best_eval_loss_median"]) <= float(r["best_eval_loss_ci_high"])
         assert r["comparable"] == "yes" and float(r["budget_trial_iterations"]) == 12
     text = (out / "comparison.md").read_text()
     assert "### Q1" in text and "### Q2" in text and "**pbt vs manual**" in text and "**pb2 vs manual**" in text
     assert "*Rule:" in text and "answer key" not in text.lower()
+    header = next(line for line in text.splitlines() if line.startswith("| strategy | role |"))
+    assert "| slot utilization | CPU utilization (of the CPUs held) | GPU utilization (of the GPUs held) |" in header, header
+    assert "no GPU" in text and "device utilization while held" in text
     for png in ("anytime.png", "gantt.png", "eval_loss.png", "pbt_lineage.png", "pb2_lineage.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # MLflow (the store of the first run's results folder): one summary run per strategy

@@ -97,6 +97,11 @@ def test_mlflow_has_one_parent_and_a_child_per_trial_with_a_point_per_iteration(
         assert sorted(m.step for m in history) == [1, 2, 3]
         lrs = client.get_metric_history(child.info.run_id, "lr")
         assert len(lrs) == 3
+        # the trial's own use of the machine, in the UI's System metrics tab; no GPU: no GPU metric
+        system = {k for k in child.data.metrics if k.startswith("system/")}
+        assert {"system/trial_cpu_utilization_percentage", "system/trial_rss_megabytes"} <= system
+        assert not any("gpu" in k for k in system)
+        assert len(client.get_metric_history(child.info.run_id, "system/trial_cpu_utilization_percentage")) == 3
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"tables", "run_record.json", "config.json", "strategy_artifacts"} <= artifacts
     assert not (ROOT / "mlruns").exists(), "MLflow must not write outside the results folder"
