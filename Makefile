@@ -41,7 +41,7 @@ FAULTS ?= 20
 PY ?= $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv gpu-bundle gpu-check prepare resume strategies tasks bench-all bench-cpu compare controls calibrate simulate test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
+.PHONY: help venv gpu-bundle gpu-check prepare resume strategies tasks bench-all bench-cpu bench-peer compare controls calibrate simulate test test-fast test-unit bench soak mlflow-ui test-slurm lock container container-lint clean
 # bench-<strategy> and submit-<strategy> are pattern rules: one per registered strategy, no file behind them
 
 help: ## list the targets
@@ -72,6 +72,13 @@ strategies: $(STAMP) ## list the registered strategies (each has bench-<name> an
 bench-%: $(STAMP) ## run strategy % on PRESET (smoke: local Ray, sqlite MLflow, tiny offline model), once per seed in SEEDS
 	$(call run_seeds,$*)
 
+# bench-peer: transformers' own PBT (Trainer.hyperparameter_search(backend="ray")) against the harness's bench-pbt,
+# same model, data, population and settings, for each seed in PEER_SEEDS and each peer variant in PEER_VARIANTS
+PEER_SEEDS ?= 0 1 2
+PEER_VARIANTS ?= defaults reuse_actors
+bench-peer: $(STAMP) ## HF's hyperparameter_search PBT vs the harness (smoke, PEER_SEEDS x PEER_VARIANTS): wall, loss, lr restores; RESULTS_DIR/peer
+	$(foreach seed,$(PEER_SEEDS),HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness prepare --preset smoke --seed $(seed) &&) true
+	HARNESS_CACHE="$(CACHE_DIR)" $(PY) tools/peer.py --seeds $(PEER_SEEDS) --variants $(PEER_VARIANTS) --cache "$(CACHE_DIR)" --out $(RESULTS_DIR)/peer
 
 resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill or a stop before a time limit (same MLflow runs)
 	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }
