@@ -68,6 +68,27 @@ def test_a_busy_child_counts_while_it_runs_and_after_it_was_reaped():
 
 
 
+def test_a_child_the_process_had_before_the_trial_is_not_the_trials():
+    # the manual grid trains in the driver's process, whose watchdog child runs beside it
+    there_before = _burn(30.0)
+    try:
+        time.sleep(0.2)
+        started = time.monotonic()
+        with Monitor(cpus_reserved=1, gpus_reserved=0, env={}) as monitor:
+            time.sleep(1.0)  # the other child burns a core all along
+            cpu_s, usage = _cpu_seconds(monitor, started)
+            assert cpu_s < 0.3, usage
+            started = time.monotonic()
+            mine = _burn(0.5)
+            assert mine.stdout.readline() == "done\n"
+            cpu_s, usage = _cpu_seconds(monitor, started)
+            assert 0.5 <= cpu_s < 1.0, usage
+            mine.wait()
+    finally:
+        there_before.kill()
+        there_before.wait()
+
+
 def test_descendants_are_the_whole_tree_below_a_process(monkeypatch):
     import psutil
 
@@ -80,8 +101,10 @@ def test_descendants_are_the_whole_tree_below_a_process(monkeypatch):
         grandchild = int(child.stdout.readline())
         assert {child.pid, grandchild} <= set(descendants(os.getpid()))
         assert sorted(descendants(child.pid)) == [grandchild]
+        assert not {child.pid, grandchild} & set(descendants(os.getpid(), frozenset({child.pid})))  # and its own
         monkeypatch.setattr(sysmon.os.path, "exists", lambda path: False)  # no /proc children lists: psutil's scan
         assert sorted(descendants(child.pid)) == [grandchild]
+        assert not {child.pid, grandchild} & set(descendants(os.getpid(), frozenset({child.pid})))
     finally:
         for pid in (child.pid, grandchild):
             psutil.Process(pid).kill()

@@ -236,6 +236,10 @@ def device_utilization(record: RunRecord) -> tuple[float, float, float]:
     than it reserved). GPU: the utilization weighted by iteration seconds x GPUs. GPUs per trial:
     the most any iteration had, 0 for none. NaN where no iteration recorded them (an older
     harness; for the GPU also: no GPU), so a missing figure is never read as an idle device.
+
+    A rate stands for its whole iteration: a segment's first iteration is measured from the trial
+    function's start (:mod:`harness.trial.sysmon`), and the process start-up and imports Ray's
+    ``time_this_iter_s`` also holds are taken to run at that rate.
     """
     rows = [row for t in record.trials + record.discarded for row in t.all_rows]
     cpu_s = held = 0.0

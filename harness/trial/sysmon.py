@@ -4,9 +4,13 @@ Slot utilization says a trial held its slot; this says whether it kept the slot'
 busy. MLflow's ``log_system_metrics`` cannot: it logs the whole node and every GPU on it, whoever
 uses them. :class:`Monitor` measures only
 
-* the trial's processes: this one (the trial process Ray started) and its descendants, found
-  afresh at every sample: the torch.distributed ranks of W > 1 (:mod:`harness.trial.ranks`) and
-  whatever they start;
+* the trial's processes: this one (the trial process Ray started) and the descendants it starts
+  while measured, found afresh at every sample: the torch.distributed ranks of W > 1
+  (:mod:`harness.trial.ranks`) and whatever they start. Children the process already had when the
+  monitor was made are not the trial's and are left out with their own descendants: the manual
+  grid trains in the driver's process, whose watchdog child runs beside it. (The driver's own
+  threads, MLflow's logging among them, are in the process and counted: the manual grid's CPU
+  figure includes them.)
 * the GPUs Ray assigned to the trial (:func:`assigned_gpus`), read through NVML (``pynvml``, from
   the ``nvidia-ml-py`` package). Without a GPU, or without NVML, the GPU figures are None, never 0.
 
@@ -129,14 +133,26 @@ def nvml_handles(nvml: Any, ids: list[str]) -> list[Any]:
     return handles
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid``: from the kernel's per-thread children lists where it has them
-    (Linux with CONFIG_PROC_CHILDREN: only the tree is read), psutil's scan of every process otherwise."""
+def descendants(pid: int, skip: frozenset[int] = frozenset()) -> list[int]:
+    """The processes below ``pid``, without those in ``skip`` and theirs: from the kernel's
+    per-thread children lists where it has them (Linux with CONFIG_PROC_CHILDREN: only the tree is
+    read), psutil's scan of every process otherwise."""
     if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
         try:
-            return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+            below = psutil.Process(pid).children(recursive=True)
         except psutil.Error:
             return []
+        out, left_out = [], set(skip)
+        for p in below:  # psutil lists a parent before its children
+            try:
+                parent = p.ppid()
+            except psutil.Error:
+                continue
+            if p.pid in left_out or parent in left_out:
+                left_out.add(p.pid)
+            else:
+                out.append(p.pid)
+        return out
     found, todo = [], [pid]
     while todo:
         parent = todo.pop()
@@ -150,6 +166,7 @@ def descendants(pid: int) -> list[int]:
                     kids = [int(k) for k in f.read().split()]
             except OSError:  # the thread ended
                 continue
+            kids = [k for k in kids if k not in skip]
             found += kids
             todo += kids
     return found
@@ -179,6 +196,7 @@ class Monitor:
         self.cpus_reserved = float(cpus_reserved)
         self.interval_s = interval_s
         self.root = psutil.Process(pid)
+        self.others = frozenset(descendants(self.root.pid))  # there before the trial: not its processes
         self.seen = {self.root.pid: _Seen(self.root)}  # every process of the tree seen and not yet gone
         self.ids = assigned_gpus(gpus_reserved, os.environ if env is None else env)
         self.nvml = nvml
@@ -286,7 +304,7 @@ class Monitor:
 
     def _sample_tree(self) -> tuple[float, int]:
         """(CPU seconds the tree ran since the previous sample, Σ RSS bytes now)."""
-        for pid in descendants(self.root.pid):
+        for pid in descendants(self.root.pid, self.others):
             if pid not in self.seen:
                 try:
                     self.seen[pid] = _Seen(psutil.Process(pid))
