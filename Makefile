@@ -76,9 +76,9 @@ bench-%: $(STAMP) ## run strategy % on PRESET (smoke: local Ray, sqlite MLflow, 
 # same model, data, population and settings, for each seed in PEER_SEEDS and each peer variant in PEER_VARIANTS
 PEER_SEEDS ?= 0 1 2
 PEER_VARIANTS ?= defaults reuse_actors
+# (each seed's smoke cache is made first where it is missing, outside both sides' wall time; HARNESS_ARGS: --set only)
 bench-peer: $(STAMP) ## HF's hyperparameter_search PBT vs the harness (smoke, PEER_SEEDS x PEER_VARIANTS): wall, loss, lr restores; RESULTS_DIR/peer
-	$(foreach seed,$(PEER_SEEDS),HARNESS_CACHE="$(CACHE_DIR)" $(PY) -m harness prepare --preset smoke --seed $(seed) &&) true
-	HARNESS_CACHE="$(CACHE_DIR)" $(PY) tools/peer.py --seeds $(PEER_SEEDS) --variants $(PEER_VARIANTS) --cache "$(CACHE_DIR)" --out $(RESULTS_DIR)/peer
+	HARNESS_CACHE="$(CACHE_DIR)" $(PY) tools/peer.py --seeds $(PEER_SEEDS) --variants $(PEER_VARIANTS) --cache "$(CACHE_DIR)" --out $(RESULTS_DIR)/peer $(HARNESS_ARGS)
 
 resume: $(STAMP) ## continue the run in RUN=<run folder> after a crash, a kill or a stop before a time limit (same MLflow runs)
 	@[[ -n "$(RUN)" ]] || { echo "error: RUN= is empty; give the run folder, e.g. make resume RUN=results/pbt-smoke-20261128-201222" >&2; exit 2; }

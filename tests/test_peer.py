@@ -289,3 +289,71 @@ def test_one_seed_runs_both_sides_and_the_peer_trains_its_donors_lr(tmp_path, ca
     assert harness["lr_mismatch"] == harness["exact_copies"] == 0
     assert reuse["lr_mismatch"] >= 1 and reuse["exact_copies"] >= 1 and reuse["lrs_new"] == 0
     assert f"| 0 of {harness['reports']} | {reuse['lr_mismatch']} of {reuse['reports']} |" in done.stdout
+
+
+@pytest.mark.unit
+def test_an_optimizer_lr_the_record_lacks_is_unknown_not_a_mismatch():
+    run = Run("pbt")
+    run.trial("t_00000", [row(1, 10, 5, 7.0, lr=1e-4)])  # an older record: no optimizer figures
+    (missing,) = peer.harness_rows(run.record(wall=20))
+    assert not missing.lr_differs and peer.math.isnan(missing.optimizer_lr) and peer.math.isnan(missing.optimizer_wd)
+    side = peer.measure(peer.Side("harness", 0), [missing], {})
+    assert side.lr_mismatch == 0
+    # an unknown weight decay never matches a config with wd 0.0
+    assert not peer.trained_with("t_00000", {"lr": 1e-4, "per_device_train_batch_size": 2, "weight_decay": 0.0},
+                                 [missing])
+
+
+@pytest.mark.unit
+def test_a_seed_whose_cache_cannot_be_made_is_a_failed_seed_in_the_report(tmp_path, monkeypatch, capsys):
+    def no_cache(seed, cache, sets, log):
+        raise peer.CacheMissing(f"harness prepare --seed {seed} failed: no network (see {log})")
+
+    monkeypatch.setattr(peer, "ensure_cache", no_cache)
+    assert peer.main(["--seeds", "5", "--variants", "defaults", "--out", str(tmp_path / "o"),
+                      "--cache", str(tmp_path / "c")]) == 1
+    text = (tmp_path / "o" / "peer.md").read_text()
+    assert "FAILED peer defaults seed 5: harness prepare --seed 5 failed: no network" in text
+    assert "FAILED harness seed 5: harness prepare --seed 5 failed" in text
+
+
+@pytest.mark.unit
+def test_rebuild_describes_the_settings_the_runs_were_made_with(tmp_path, capsys):
+    settings = peer.Settings.of(peer.load_config(0))
+    stored = {**peer.asdict(settings), "population": 8, "slots": 2}
+    (tmp_path / "peer.json").write_text(json.dumps({"settings": stored}))
+    peer.main(["--seeds", "0", "--variants", "defaults", "--out", str(tmp_path), "--rebuild"])
+    assert "PBT population 8, 2 trials at once" in (tmp_path / "peer.md").read_text()
+
+
+@pytest.mark.unit
+def test_the_data_behind_a_report_follows_its_checkpoints_back_through_the_donor():
+    assert peer.data_behind(exploited_log()) == {A: 3.0, B: 2.0}
+    # B (bs 1: 128 steps an epoch) resumes A's bs-2 checkpoint at step 64 (one epoch of data) and
+    # HF trains it on to step 384: 2.5 epochs more, 3.5 epochs of data behind its last report
+    lines = exploited_log()[:3] + [
+        line("segment", B, lr=8e-6, bs=1, opt_lr=1e-4, segment="b2", start_step=64, resumed_from=ckpt(A, 0),
+             max_steps=384),
+        *[line("report", B, lr=8e-6, bs=1, opt_lr=1e-4, epoch=e, step=128 * e, segment="b2", start_step=64,
+               resumed_from=ckpt(A, 0), max_steps=384, at=10 + e) for e in (1, 2, 3)]]
+    assert peer.data_behind(lines)[B] == 3.5
+
+
+@pytest.mark.unit
+def test_a_trial_continued_untouched_is_compared_epoch_by_epoch_with_the_same_config_on_the_other_side():
+    lines = exploited_log()
+    p = peer.measure(peer.Side("peer defaults", 0), peer.peer_rows(lines), peer.peer_initial_configs(lines))
+    a, b = peer.config_key({"lr": 1e-4, "bs": 2, "wd": 0.0}), peer.config_key({"lr": 6e-6, "bs": 1, "wd": 0.0})
+    assert p.untouched == {a: [7.0, 6.25, 5.0], b: [7.5]}  # B stops at its exploit
+    run = Run("pbt")
+    run.trial("t_00000", [row(1, 10, 5, 7.0, lr=1e-4, optimizer_lr=1e-4), row(2, 20, 5, 6.5, lr=1e-4, optimizer_lr=1e-4),
+                          row(3, 30, 5, 6.0, lr=1e-4, optimizer_lr=1e-4)])
+    run.trial("t_00001", [row(1, 11, 5, 7.5, lr=6e-6, bs=1, optimizer_lr=6e-6),
+                          row(2, 21, 5, 7.4, lr=6e-6, bs=1, optimizer_lr=6e-6)])
+    h = peer.measure(peer.Side("harness", 0), peer.harness_rows(run.record(wall=40)),
+                     {"t_00000": {"lr": 1e-4, "bs": 2, "wd": 0.0}, "t_00001": {"lr": 6e-6, "bs": 1, "wd": 0.0}})
+    by_epoch = peer.continuations(h, p)
+    assert by_epoch == {1: [0.0, 0.0], 2: [-0.25], 3: [-1.0]}
+    assert peer.continuation_text(by_epoch) == ("at epoch 1 equal in 2 of 2; at epoch 2 lower on the peer in 1 of 1 "
+                                                "(median peer − harness -0.250); at epoch 3 lower on the peer in 1 of 1 "
+                                                "(median peer − harness -1.000)")

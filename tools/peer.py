@@ -97,6 +97,10 @@ class BadInput(ValueError):
     """A flag's value is unusable; the message names it and the fix."""
 
 
+class CacheMissing(RuntimeError):
+    """The smoke cache for a seed could not be made: neither side of that seed can run."""
+
+
 # --------------------------------------------------------------------------- the shared configuration
 
 def load_config(seed: int, sets: Sequence[str] = ()) -> Any:
@@ -362,7 +366,8 @@ class Row:
 
     @property
     def lr_differs(self) -> bool:
-        return not math.isclose(self.optimizer_lr, self.lr, rel_tol=LR_REL_TOL)
+        # an optimizer lr the record does not hold is unknown: not counted as a mismatch
+        return not math.isnan(self.optimizer_lr) and not math.isclose(self.optimizer_lr, self.lr, rel_tol=LR_REL_TOL)
 
 
 def donor_of(resumed_from: str, trial: str) -> str:
@@ -416,11 +421,17 @@ def harness_rows(record: Any) -> list[Row]:
             elif r.segment_start_iteration != segment:
                 donor, segment = "", r.segment_start_iteration
             rows.append(Row(trial=trial.trial_id, lr=float(r.lr), bs=int(r.per_device_train_batch_size),
-                            wd=float(r.weight_decay), optimizer_lr=float(r.optimizer_lr), eval_loss=float(r.eval_loss),
+                            wd=float(r.weight_decay), optimizer_lr=_number(r.optimizer_lr),
+                            eval_loss=_number(r.eval_loss),
                             epoch=float(r.epoch if r.epoch is not None else r.iteration), trained_epochs=1.0,
-                            donor=donor, optimizer_wd=float(r.optimizer_weight_decay or 0.0),
+                            donor=donor, optimizer_wd=_number(r.optimizer_weight_decay),
                             at=float(r.received_at or 0.0)))
     return sorted(rows, key=lambda row: row.at)
+
+
+def _number(value: float | None) -> float:
+    """A recorded figure; NaN where the record has none (an unknown value never matches a config)."""
+    return math.nan if value is None else float(value)
 
 
 # --------------------------------------------------------------------------- what the rows say
@@ -509,6 +520,14 @@ class Side:
     ray_iterations: int = 0
     """Iterations Ray Tune counted (``training_iteration`` summed over the trials; the harness: its rows)."""
     idle_segments: int = 0
+    untouched: dict[str, list[float]] = field(default_factory=dict)
+    """Initial configuration (:func:`config_key`) -> its trial's eval_loss at epochs 1, 2, ... for
+    as long as the trial was never exploited and its optimizer trained with its own lr: the same
+    weights and the same lr on both sides, which compares how each side continues a trial."""
+    best_data_epochs: float = math.nan
+    """Epochs of training data behind the best report's weights, along the checkpoints it descends
+    from (a donor's included): the harness trains one epoch an iteration, so its best has as many
+    as iterations; HF resumes a donor's checkpoint by global step in the trial's own batch size."""
     """Peer segments that resumed at the last epoch and trained nothing: a mutation after the
     last evaluation (the trial's final config never trained)."""
 
@@ -535,10 +554,51 @@ def measure(side: Side, rows: Sequence[Row], initial: Mapping[str, Mapping[str, 
     side.distinct_final = len(set(side.final_losses.values()))
     side.initial_configs = {k: dict(v) for k, v in initial.items()}
     side.initial_lrs = sorted(float(c["lr"]) for c in initial.values())
+    side.untouched = untouched(rows, initial)
     used = distinct(r.optimizer_lr for r in rows)
     side.lrs_used = len(used)
     side.lrs_new = sum(not any(math.isclose(lr, x, rel_tol=LR_REL_TOL) for x in side.initial_lrs) for lr in used)
     return side
+
+
+def config_key(config: Mapping[str, float]) -> str:
+    return f"lr={float(config['lr']):.6e},bs={int(config['bs'])},wd={float(config['wd']):g}"
+
+
+def untouched(rows: Sequence[Row], initial: Mapping[str, Mapping[str, float]]) -> dict[str, list[float]]:
+    """See :attr:`Side.untouched`."""
+    out: dict[str, list[float]] = {}
+    for trial, config in initial.items():
+        losses: list[float] = []
+        for r in sorted((r for r in rows if r.trial == trial), key=lambda r: r.at):
+            if (r.exploited or r.epoch != len(losses) + 1
+                    or not math.isclose(r.optimizer_lr, float(config["lr"]), rel_tol=LR_REL_TOL)):
+                break
+            losses.append(r.eval_loss)
+        out[config_key(config)] = losses
+    return out
+
+
+def continuations(h: Side, p: Side) -> dict[int, list[float]]:
+    """epoch -> peer − harness eval_loss of every initial configuration both sides trained to that
+    epoch untouched (:attr:`Side.untouched`)."""
+    out: dict[int, list[float]] = {}
+    for key, mine in h.untouched.items():
+        theirs = p.untouched.get(key, [])
+        for epoch in range(1, min(len(mine), len(theirs)) + 1):
+            out.setdefault(epoch, []).append(theirs[epoch - 1] - mine[epoch - 1])
+    return out
+
+
+def continuation_text(by_epoch: Mapping[int, Sequence[float]]) -> str:
+    parts = []
+    for epoch, d in sorted(by_epoch.items()):
+        if epoch == 1:
+            parts.append(f"at epoch 1 equal in {sum(x == 0 for x in d)} of {len(d)}")
+        else:
+            parts.append(f"at epoch {epoch} lower on the peer in {sum(x < 0 for x in d)} of {len(d)} "
+                         f"(median peer − harness {statistics.median(d):+.3f})")
+    return "; ".join(parts) or "no configuration trained untouched on both sides"
 
 
 def distinct(values: Iterable[float]) -> list[float]:
@@ -585,6 +645,7 @@ def harness_side(seed: int, run_dir: Path, wall_s: float) -> Side:
         side.best_config = dict(best.final_config)
         side.best_config_trained = trained_with(best.trial_id, side.best_config, rows)
         side.best_report = last_report(best.trial_id, rows)
+        side.best_data_epochs = float(best.history[-1].iteration)  # one epoch an iteration, a donor's included
     log = run_dir / "harness.log"
     found = re.search(r"model: (\S+); tokenized data: (\S+)", log.read_text(errors="replace")) if log.is_file() else None
     if found:
@@ -600,6 +661,32 @@ def idle(line: Mapping[str, Any]) -> bool:
     """A segment that resumed at or past its last step: it trains nothing (HF counts the donor's
     global step in the trial's own batch size, so a larger one can put it past the end)."""
     return line.get("event") == "segment" and int(line["start_step"]) >= int(line["max_steps"])
+
+
+def data_behind(lines: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """trial -> epochs of training data behind its last report's weights: what its segment trained
+    (steps in that segment's batch size, as a fraction of an epoch) on top of what the checkpoint it
+    resumed from had behind it, the donor's report at that global step (NaN where none is found)."""
+    reports: dict[str, list[tuple[int, float]]] = {}  # trial -> (global step, data) of each report, in order
+    segments: dict[str, tuple[float, int]] = {}  # segment -> (data, global step) at its latest line
+    out: dict[str, float] = {}
+    for line in lines:
+        trial, segment = line["trial_id"], str(line.get("segment", ""))
+        if line.get("event") == "segment":
+            base = 0.0
+            if line.get("resumed_from"):
+                owner = donor_of(str(line["resumed_from"]), trial) or trial
+                at_step = [d for step, d in reports.get(owner, []) if step == int(line["start_step"])]
+                base = at_step[-1] if at_step else math.nan
+            segments[segment] = (base, int(line["start_step"]))
+        elif line.get("event") == "report":
+            base, previous = segments.get(segment, (math.nan, int(line.get("start_step", 0))))
+            per_epoch = float(line["max_steps"]) / float(line["num_train_epochs"] or 1)
+            data = base + (int(line["global_step"]) - previous) / per_epoch
+            segments[segment] = (data, int(line["global_step"]))
+            reports.setdefault(trial, []).append((int(line["global_step"]), data))
+            out[trial] = data
+    return out
 
 
 def partial(side: Side, out: Path) -> Side:
@@ -620,6 +707,7 @@ def partial(side: Side, out: Path) -> Side:
     if side.final_losses:
         side.best_trial, side.best_eval_loss = min(side.final_losses.items(), key=lambda kv: kv[1])
         side.best_report = last_report(side.best_trial, rows)
+        side.best_data_epochs = data_behind(lines).get(side.best_trial, math.nan)
     return side
 
 
@@ -632,6 +720,7 @@ def peer_side(seed: int, variant: str, out: Path, wall_s: float) -> Side:
     side.best_config = dict(best["hyperparameters"])
     side.best_config_trained = trained_with(best["trial_id"], side.best_config, rows)
     side.best_report = last_report(best["trial_id"], rows)
+    side.best_data_epochs = data_behind(peer_lines(out)).get(best["trial_id"], math.nan)
     side.ray_iterations = sum(int(t.get("training_iteration") or 0) for t in run["trials"])
     return side
 
@@ -686,14 +775,18 @@ def timed(cmd: list[str], log: Path, cache: Path, timeout: float, progress: Path
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**child_env(cache), MARK: mark}, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        while proc.poll() is None:
-            time.sleep(1.0)
-            last = max(started_at, progress.stat().st_mtime if progress is not None and progress.is_file() else 0.0)
-            if progress is not None and time.time() - last > stall_s:
-                stalled = last - started_at
-            if time.monotonic() - started > timeout or not math.isnan(stalled):
-                _end(proc, watchdog.marked(mark, variable=MARK))
-                break
+        try:
+            while proc.poll() is None:
+                time.sleep(1.0)
+                last = max(started_at, progress.stat().st_mtime if progress is not None and progress.is_file() else 0.0)
+                if progress is not None and time.time() - last > stall_s:
+                    stalled = last - started_at
+                if time.monotonic() - started > timeout or not math.isnan(stalled):
+                    _end(proc, watchdog.marked(mark, variable=MARK))
+                    break
+        except BaseException:  # Ctrl-C or SIGTERM to this tool: the side runs in a session of its own
+            _end(proc, watchdog.marked(mark, variable=MARK))
+            raise
     wall = time.monotonic() - started
     for leftover in watchdog.marked(mark, variable=MARK):  # Ray's processes outlive a killed driver a moment
         _end(None, [leftover])
@@ -737,7 +830,7 @@ def ensure_cache(seed: int, cache: Path, sets: Sequence[str], log: Path) -> None
     if timed([*base, "--check"], log, cache, 600).rc != 0:
         done = timed(base, log, cache, 1200)
         if done.rc != 0:
-            raise RuntimeError(f"harness prepare --seed {seed} failed: {done.error} (see {log})")
+            raise CacheMissing(f"harness prepare --seed {seed} failed: {done.error} (see {log})")
 
 
 OUTCOME = "outcome.json"  # beside each side's run: its exit, wall time, error (what --rebuild reads)
@@ -923,14 +1016,22 @@ def build_report(settings: Settings | None, sides: Sequence[Side], variants: Seq
                          else "some trials had not trained their last epoch")
                 lines.append(f"- {s.side} hung: its last report came at {s.hung_at_s:.0f} s, when {ended}; Ray Tune "
                              f"named no best run; the lowest last eval_loss was {short(s.best_trial)}'s "
-                             f"{fmt(s.best_eval_loss)}")
+                             f"{fmt(s.best_eval_loss)}, on weights that had seen {fmt(s.best_data_epochs, 2)} epochs "
+                             "of training data")
                 continue
             trained = {True: "trained with", False: "never trained with", None: "?"}[s.best_config_trained]
             report = s.best_report
             got = (f"; the report behind {fmt(s.best_eval_loss)} trained with optimizer lr {report['optimizer_lr']:.3g} "
-                   f"(configured {report['lr']:.3g}), bs {report['bs']}" if report else "")
+                   f"(configured {report['lr']:.3g}), bs {report['bs']}, on weights that had seen "
+                   f"{fmt(s.best_data_epochs, 2)} epochs of training data" if report else "")
             lines.append(f"- {s.side} names {short(s.best_trial)} best: {config_text(s.best_config)}, which it "
                          f"{trained}{got}")
+        if h is not None:
+            for s in here:
+                if s is not h:
+                    lines.append(f"- the same initial configuration, never exploited and trained at its own lr on both "
+                                 f"sides (the same weights, the same lr), {s.side} against the harness: "
+                                 f"{continuation_text(continuations(h, s))}")
         if h is not None:
             others = [s for s in here if s is not h]
             if any(s.model_path != h.model_path or s.data_path != h.data_path for s in others):
@@ -939,6 +1040,15 @@ def build_report(settings: Settings | None, sides: Sequence[Side], variants: Seq
             elif h.model_path:
                 lines.append(f"- every side read the model {h.model_path} and the tokenized data {h.data_path}")
         lines.append("")
+    for variant in variants:
+        pooled: dict[int, list[float]] = {}
+        for p in (s for s in sides if s.side == f"peer {variant}" and (s.ok or s.hung)):
+            h = next((s for s in sides if s.side == "harness" and s.seed == p.seed and s.ok), None)
+            for epoch, d in (continuations(h, p) if h is not None else {}).items():
+                pooled.setdefault(epoch, []).extend(d)
+        if pooled:
+            lines += [f"Continuing a trial, every seed, peer {variant} against the harness: {continuation_text(pooled)}.", ""]
+            tests.setdefault(variant, {})["continuations"] = {str(e): d for e, d in sorted(pooled.items())}
     lines.append("The copies: " + "; ".join(f"{s.side} seed {s.seed}: {', '.join(s.copies)}" for s in sides
                                              if s.copies) if any(s.copies for s in sides) else "")
     data = {"settings": asdict(settings) if settings else None, "seeds": seeds, "variants": list(variants),
@@ -997,6 +1107,10 @@ def peer_child(argv: list[str]) -> int:
     return 0
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # timed() ends the running side's processes on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_peer"]:
@@ -1021,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         p.exit(2, f"error: {exc}\n")
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _terminated)
     sides: list[Side] = []
 
     def save() -> str:
@@ -1030,6 +1145,12 @@ def main(argv: list[str] | None = None) -> int:
         return text
 
     if args.rebuild:
+        saved = out / "peer.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("settings"):
+            # the settings the runs were made with, not the ones the flags of this rebuild give
+            stored = json.loads(saved.read_text())["settings"]
+            settings = Settings(**{**stored, "bs_choices": tuple(stored["bs_choices"]),
+                                   "wd_choices": tuple(stored["wd_choices"])})
         for seed in seeds:
             folder = out / f"seed-{seed}"
             if (folder / "harness" / OUTCOME).is_file():
@@ -1040,7 +1161,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if sides and all(s.ok for s in sides) else 1
     for seed in seeds:
         folder = out / f"seed-{seed}"
-        ensure_cache(seed, cache, args.sets, folder / "prepare.out")
+        try:
+            ensure_cache(seed, cache, args.sets, folder / "prepare.out")
+        except CacheMissing as exc:
+            sides += [Side(name, seed, error=str(exc)) for name in ["harness", *(f"peer {v}" for v in variants)]]
+            print(f"{time.strftime('%H:%M:%S')} seed {seed}: FAILED: {exc}", flush=True)
+            save()
+            continue
         runs = [("harness", lambda: run_harness_side(seed, folder / "harness", cache, args.sets))]
         runs += [(f"peer {v}", lambda v=v: run_peer_side(seed, v, folder / f"peer-{v}", cache, args.sets))
                  for v in variants]
