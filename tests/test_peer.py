@@ -357,3 +357,26 @@ def test_a_trial_continued_untouched_is_compared_epoch_by_epoch_with_the_same_co
     assert peer.continuation_text(by_epoch) == ("at epoch 1 equal in 2 of 2; at epoch 2 lower on the peer in 1 of 1 "
                                                 "(median peer − harness -0.250); at epoch 3 lower on the peer in 1 of 1 "
                                                 "(median peer − harness -1.000)")
+
+
+@pytest.mark.unit
+def test_continuation_refuses_a_learning_rate_that_is_not_one(capsys):
+    from tools import continuation
+
+    with pytest.raises(SystemExit) as exit_:
+        continuation.main(["--lr", "0"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--lr 0.0 is not a learning rate" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_the_moments_are_what_a_fresh_trainer_loses_when_it_continues_a_trial(cache_dir):
+    """tools/continuation.py's finding, on one seed: a fresh Trainer with the first one's AdamW state
+    (and the trial's own lr) continues exactly as one Trainer does; without it (the harness) it
+    ends its second epoch higher, whichever the shuffle."""
+    from tools import continuation
+
+    got = continuation.continue_four_ways(0, 1.2e-4, 1, cache_dir)
+    one, harness, kept, same_seed = (got[w] for w in continuation.WAYS)
+    assert kept == pytest.approx(one, abs=1e-6)
+    assert harness > one + 0.1 and same_seed > one + 0.1
