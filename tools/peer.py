@@ -690,7 +690,8 @@ def data_behind(lines: Iterable[Mapping[str, Any]]) -> dict[str, float]:
 
 
 def partial(side: Side, out: Path) -> Side:
-    """A peer side's figures from its callback's lines alone (Ray Tune never returned)."""
+    """A peer side's figures from its callback's lines (read once). Its best trial is the one
+    ``side`` names already (Ray Tune's), else the lowest last eval_loss (Ray Tune never returned)."""
     lines = peer_lines(out)
     rows = peer_rows(lines)
     measure(side, rows, peer_initial_configs(lines))
@@ -704,23 +705,21 @@ def partial(side: Side, out: Path) -> Side:
     side.trained_out = bool(last) and all(
         idle(line) or line.get("event") == "report" and float(line["epoch"]) >= float(line["num_train_epochs"])
         for line in last.values())
-    if side.final_losses:
+    if not side.best_trial and side.final_losses:
         side.best_trial, side.best_eval_loss = min(side.final_losses.items(), key=lambda kv: kv[1])
+    if side.best_trial:
         side.best_report = last_report(side.best_trial, rows)
         side.best_data_epochs = data_behind(lines).get(side.best_trial, math.nan)
+    if side.best_config:
+        side.best_config_trained = trained_with(side.best_trial, side.best_config, rows)
     return side
 
 
 def peer_side(seed: int, variant: str, out: Path, wall_s: float) -> Side:
     run = json.loads((out / "peer_run.json").read_text())
-    side = partial(Side(f"peer {variant}", seed, wall_s=wall_s, ok=True), out)
-    rows = peer_rows(peer_lines(out))
     best = run["best"]
-    side.best_eval_loss, side.best_trial = float(best["objective"]), best["trial_id"]
-    side.best_config = dict(best["hyperparameters"])
-    side.best_config_trained = trained_with(best["trial_id"], side.best_config, rows)
-    side.best_report = last_report(best["trial_id"], rows)
-    side.best_data_epochs = data_behind(peer_lines(out)).get(best["trial_id"], math.nan)
+    side = partial(Side(f"peer {variant}", seed, wall_s=wall_s, ok=True, best_eval_loss=float(best["objective"]),
+                        best_trial=best["trial_id"], best_config=dict(best["hyperparameters"])), out)
     side.ray_iterations = sum(int(t.get("training_iteration") or 0) for t in run["trials"])
     return side
 
