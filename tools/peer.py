@@ -45,8 +45,10 @@ both sides:
   what Ray reported as the peer's best configuration against what that trial trained with.
 
 It writes ``peer.md`` and ``peer.json`` into ``--out`` (after every run, so a long measurement
-that stops keeps what it measured) and prints the markdown; exit 1 when a side failed (its error
-is in the report), 2 on bad input. A developer tool: not part of the harness package.
+that stops keeps what it measured) and prints the markdown; exit 1 when a side failed, or hung
+before its trials had trained their last epoch (its error is in the report), 2 on bad input. A
+peer run that hung after every trial had trained out is a finding about the peer, not a failed
+measurement: the report names it, its losses count, and the exit is 0. A developer tool: not part of the harness package.
 """
 
 from __future__ import annotations
@@ -87,6 +89,17 @@ PEER_TIMEOUT_S = 3600
 #: batch size changed reports a different number of epochs, so the trials' iteration counts part).
 #: The longest normal silence is a round's process start-ups and one epoch: well under a minute.
 STALL_S = 300.0
+#: A Ray Tune run in which no trial runs or waits to start while some are PAUSED is deadlocked for
+#: certain: PBT decides on results only, and none can come (Ray 2.60: the controller starts a
+#: paused trial only when ``PopulationBasedTraining.choose_trial_to_run`` names it, which in
+#: synchronous mode skips trials at the barrier, and only ``on_trial_result`` moves the barrier).
+#: Seen when the last trial below the barrier ended (TERMINATED) without reporting it: ray#23472
+#: made the barrier ignore ended trials, but it is checked on a result only, and none comes (the
+#: timeout ray#12122 asked for does not exist). Ray Tune prints its trial status every
+#: RAY_STATUS_EVERY_S; this many prints after the last report, all saying so, end the run without
+#: waiting for STALL_S.
+DEADLOCK_PRINTS = 2
+RAY_STATUS_EVERY_S = 30.0
 #: This tool's mark in the environment of every process it starts (Ray's too): how they are found and ended.
 MARK = "PEER_TOOL_MARK"
 #: Ray's trial ids, ``<5 hex>_<5 digits>``: how a checkpoint's path names the trial that wrote it.
@@ -751,6 +764,19 @@ def ray_status(text: str) -> str:
     return "; ".join(filter(None, [status[-1].strip() if status else "", usage[-1].strip() if usage else ""]))
 
 
+def deadlocked(text: str, since: float) -> str:
+    """Ray Tune's status when its last :data:`DEADLOCK_PRINTS` status prints, all made after
+    ``since`` (epoch seconds: the last report), say trials are PAUSED and none RUNNING or PENDING
+    (see :data:`DEADLOCK_PRINTS`); else "". Ray prints "Current time" in the local time zone."""
+    prints = re.findall(r"Trial status: ([^\n]+)\nCurrent time: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", text)
+    after = [status.strip() for status, at in prints
+             if time.mktime(time.strptime(at, "%Y-%m-%d %H:%M:%S")) > since]
+    last = after[-DEADLOCK_PRINTS:]
+    if len(last) < DEADLOCK_PRINTS or not all("PAUSED" in s and "RUNNING" not in s and "PENDING" not in s for s in last):
+        return ""
+    return last[-1]
+
+
 @dataclass
 class Outcome:
     rc: int
@@ -763,14 +789,15 @@ class Outcome:
 def timed(cmd: list[str], log: Path, cache: Path, timeout: float, progress: Path | None = None,
           stall_s: float = STALL_S) -> Outcome:
     """Run ``cmd`` from ROOT with its output in ``log`` and measure its wall time. A run past
-    ``timeout``, or one whose ``progress`` file has not grown for ``stall_s`` seconds, is ended with
-    every process it started (they carry this tool's mark in their environment)."""
+    ``timeout``, or one whose ``progress`` file has not grown for ``stall_s`` seconds or whose Ray
+    Tune is :func:`deadlocked` since it last grew, is ended with every process it started (they
+    carry this tool's mark in their environment)."""
     from harness.cluster import watchdog
 
     log.parent.mkdir(parents=True, exist_ok=True)
     mark = uuid.uuid4().hex
     started, started_at = time.monotonic(), time.time()
-    stalled = math.nan
+    stalled, deadlock, checked = math.nan, "", 0.0
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**child_env(cache), MARK: mark}, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -778,7 +805,10 @@ def timed(cmd: list[str], log: Path, cache: Path, timeout: float, progress: Path
             while proc.poll() is None:
                 time.sleep(1.0)
                 last = max(started_at, progress.stat().st_mtime if progress is not None and progress.is_file() else 0.0)
-                if progress is not None and time.time() - last > stall_s:
+                quiet = time.time() - last
+                if progress is not None and quiet > RAY_STATUS_EVERY_S and time.monotonic() - checked > 5:
+                    deadlock, checked = deadlocked(log.read_text(errors="replace"), last), time.monotonic()
+                if progress is not None and (quiet > stall_s or deadlock):
                     stalled = last - started_at
                 if time.monotonic() - started > timeout or not math.isnan(stalled):
                     _end(proc, watchdog.marked(mark, variable=MARK))
@@ -790,6 +820,10 @@ def timed(cmd: list[str], log: Path, cache: Path, timeout: float, progress: Path
     for leftover in watchdog.marked(mark, variable=MARK):  # Ray's processes outlive a killed driver a moment
         _end(None, [leftover])
     text = log.read_text(errors="replace")
+    if deadlock:
+        return Outcome(-1, wall, f"hung: deadlocked after the last report at {stalled:.0f} s: trials wait PAUSED "
+                                 f"and none runs or waits to start, so no result can come to move PBT on; "
+                                 f"Ray Tune said: {ray_status(text) or deadlock}", hung_at_s=stalled)
     if not math.isnan(stalled):
         return Outcome(-1, wall, f"hung: no report for {stall_s:.0f} s after the last one at {stalled:.0f} s; "
                                  f"Ray Tune said: {ray_status(text) or '?'}", hung_at_s=stalled)
@@ -899,6 +933,12 @@ def counts(side: Side, key: str) -> bool:
     """Whether ``side`` enters the medians and the test of ``key``: a completed run; for the loss
     also a run that hung after its trials had trained their last epoch (its losses are final)."""
     return side.ok or key == "best_eval_loss" and side.hung and side.trained_out
+
+
+def measured(side: Side) -> bool:
+    """Whether the tool measured ``side``: it completed, or it hung after its trials had trained
+    their last epoch (the peer's hang is then a finding; only its wall time is missing)."""
+    return side.ok or side.hung and side.trained_out
 
 
 def fmt(value: float, digits: int = 3) -> str:
@@ -1157,7 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
             sides += [read_peer_side(seed, v, folder / f"peer-{v}") for v in variants
                       if (folder / f"peer-{v}" / OUTCOME).is_file()]
         print(save())
-        return 0 if sides and all(s.ok for s in sides) else 1
+        return 0 if sides and all(measured(s) for s in sides) else 1
     for seed in seeds:
         folder = out / f"seed-{seed}"
         try:
@@ -1178,7 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", FAILED: {side.error}" if side.error else ""), flush=True)
             save()
     print(save())
-    return 0 if all(s.ok for s in sides) else 1
+    return 0 if all(measured(s) for s in sides) else 1
 
 
 if __name__ == "__main__":
