@@ -16,13 +16,16 @@ import pytest
 
 from harness import tasks
 from harness.config import ConfigError
+from harness.contract.rundir import RunDir
 from harness.reporting.analysis import summarize
 from harness.simulate.commands import SEED_SCALE_COSTS
-from harness.simulate.costs import Contention, CostModel, Dist, fit
+from harness.simulate.costs import Contention, CostModel, Dist, fit, outside_load
 from harness.simulate.engine import Simulation
 from harness.simulate.policies import Asha, Curves, Grid, Pbt
-from harness.simulate.study import Cluster, replay, simulate_what_if, typical_error, validate
+from harness.simulate.study import (Cluster, replay, simulate_what_if, typical_error, validate, validation_summary,
+                                   validation_table)
 from harness.simulate.outputs import measured_runs
+from recordkit import T0, Run, row
 
 pytestmark = pytest.mark.unit
 
@@ -81,6 +84,31 @@ def test_cpu_contention_slows_trials_that_share_cores():
     crowded = Simulation(costs=shared, per_node=[4], policy=grid(4, 1), seed=0, meta=meta("fifo", 1)).run()
     assert summarize(alone).trial_window_s == pytest.approx(10)
     assert summarize(crowded).trial_window_s == pytest.approx(20)  # 4 busy trials on 2 cores: each at half speed
+
+
+def test_a_run_slowed_from_outside_is_named_disturbed_by_its_trials_cpu_time(tmp_path):
+    """FIFO, 2 trials x 3 iterations on 2 slots and 2 cores: each trial keeps its core busy (95%)
+    and trains an iteration in 10 s, except b's second, which shared its core with a job outside
+    the run: 30 s at a third of 95%. The run's own contention (2 busy trials on 2 cores) does not
+    explain it; the trial's CPU time does, and the validation says so beside the replay's verdict."""
+    cpu = {"resources": {"workers_per_trial": 1, "cpus_per_worker": 1}, "train": {"iterations": 3}}
+    run = Run("fifo", config=cpu)
+    run.trial("a", [row(i, 10 * i, 10, 3.0, train=10, cpu_percent=95, node_ip="n", pid=1) for i in (1, 2, 3)])
+    run.trial("b", [row(1, 10, 10, 3.0, train=10, cpu_percent=95, node_ip="n", pid=2),
+                    row(2, 40, 30, 3.0, train=30, cpu_percent=95 / 3, node_ip="n", pid=2),
+                    row(3, 50, 10, 3.0, train=10, cpu_percent=95, node_ip="n", pid=2)])
+    record = run.record(wall=52, slots=2)
+    assert outside_load(record, Contention(cores_per_node=2)) == {("b", T0 + 40): pytest.approx(3.0)}
+    assert outside_load(record, Contention()) == {}  # trials with their own devices: no CPU model
+    quiet = Run("fifo", config=cpu)
+    for trial, pid in (("a", 1), ("b", 2)):
+        quiet.trial(trial, [row(i, 10 * i, 10, 3.0, train=10, cpu_percent=95, node_ip="n", pid=pid) for i in (1, 2, 3)])
+    assert outside_load(quiet.record(wall=32, slots=2), Contention(cores_per_node=2)) == {}
+    (check,) = validate([(RunDir(tmp_path), record)], cores_per_node=2, reps=3)
+    assert check.outside == [pytest.approx(3.0)]
+    assert validation_table([check]).rows[0][-1].endswith(
+        "; disturbed from outside the run: 1 iteration(s) got 3.0-3.0x less CPU than the run's own contention leaves")
+    assert any(line.startswith("1 of 1 measured runs were disturbed from outside") for line in validation_summary([check]))
 
 
 def test_synchronous_pbt_holds_every_trial_at_each_barrier_and_exploits_the_bottom_quantile():

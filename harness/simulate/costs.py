@@ -15,6 +15,14 @@ value is divided by the slow-down at the moment it was measured (busy trials x t
 cores, at least 1), and a simulation multiplies it back by the slow-down it sees. On GPU nodes,
 where each trial has its own devices, leave ``cores_per_node`` at 0.
 
+Load from outside the run (another job on the node, a parallel test) slows it too, and neither
+the contention model nor a replay knows it. Records with per-trial CPU time (``cpu_percent``, from
+:mod:`harness.trial.sysmon`) show it: :func:`outside_load` names the iterations whose trial got
+clearly less of the CPU than the run's own contention leaves it, so a validation can say which
+measured runs were disturbed rather than blame the schedule model. (Dividing it out of the costs
+was tried and rejected: the CPU share is measured over a whole segment, start-up included, and
+putting it back on draws made replays of disturbed runs worse, not better.)
+
 The file (``CostModel.save``/``load``; JSON, or TOML for one written by hand) is what a user edits
 for their cluster: ``harness/simulate/seed_scale.toml`` is the seed's, with its assumptions.
 """
@@ -180,6 +188,36 @@ def _busy_counter(record: RunRecord) -> Any:
         return max(1, sum(start <= at <= end for start, end in spans.get(node, [])))
 
     return busy
+
+
+#: An iteration counts as slowed from outside only when its trial got at most 1/OUTSIDE_MIN of the
+#: CPU share the run's iterations usually got (their 90th percentile), after the run's own
+#: contention: smaller dips are the run's own overhead (the driver, Ray, MLflow on the same cores).
+OUTSIDE_MIN = 1.25
+
+
+def outside_load(record: RunRecord, contention: Contention) -> dict[tuple[str, float], float]:
+    """(trial id, ``received_at``) of each row -> the slow-down from outside the run during it
+    (only rows above :data:`OUTSIDE_MIN`; an absent row: 1). A row's CPU share is the cores its
+    trial's processes kept busy (``cpu_percent``) times the run's own slow-down at that moment, over
+    the threads a trial runs: about 1 where the run alone shares the cores. Empty without a CPU
+    contention model (``cores_per_node`` 0: trials with their own devices) or CPU figures (a record
+    made before the harness measured them)."""
+    if contention.cores_per_node <= 0:
+        return {}
+    busy = _busy_counter(record)
+    share: dict[tuple[str, float], float] = {}
+    for t in record.trials + record.discarded:
+        for row in t.all_rows:
+            if row.received_at is None or not row.cpu_percent or row.seconds <= 0:
+                continue
+            own = contention.factor(busy(row.node_ip, row.received_at - row.seconds / 2))
+            share[(t.trial_id, row.received_at)] = row.cpu_percent / 100 * own / contention.threads_per_trial
+    if not share:
+        return {}
+    usual = float(np.percentile(list(share.values()), 90))
+    slowed = {key: usual / got for key, got in share.items()}
+    return {key: round(factor, 4) for key, factor in slowed.items() if factor >= OUTSIDE_MIN}
 
 
 def threads_per_trial(config: Mapping[str, Any]) -> float:

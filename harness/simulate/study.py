@@ -23,7 +23,7 @@ from harness.contract.record import RunRecord
 from harness.contract.rundir import RunDir
 from harness.reporting.analysis import Summary, summarize
 from harness.reporting.report import Table
-from harness.simulate.costs import Contention, CostModel, fit, threads_per_trial
+from harness.simulate.costs import Contention, CostModel, fit, outside_load, threads_per_trial
 from harness.simulate.engine import Simulation
 from harness.simulate.policies import REPLAY, WHAT_IF, Curves, Replay, what_if
 
@@ -126,6 +126,18 @@ class Check:
     """The measured run."""
     simulated: RunRecord = field(repr=False)
     """The first of the simulations."""
+    outside: list[float] = field(default_factory=list)
+    """How much slower each iteration the measured run's trials ran from load outside the run was
+    (:func:`~harness.simulate.costs.outside_load`): a replay models no such load, so a miss of a
+    disturbed run says little about the schedule model."""
+
+    @property
+    def disturbed(self) -> str:
+        """"" for an undisturbed run, else what disturbed it, in words."""
+        if not self.outside:
+            return ""
+        return (f"disturbed from outside the run: {len(self.outside)} iteration(s) got "
+                f"{min(self.outside):.1f}-{max(self.outside):.1f}x less CPU than the run's own contention leaves")
 
     def error(self, measure: str) -> float:
         m = self.measured[measure]
@@ -152,13 +164,15 @@ def validate(runs: Sequence[tuple[RunDir, RunRecord]], *, cores_per_node: float 
         bases = {"own record": [record], "other seeds": [r for r in same if r.slots == record.slots],
                  "other slots": [r for r in same if r.slots != record.slots]}
         measured = summarize(record)
+        outside = sorted(outside_load(record, Contention(cores_per_node=cores_per_node,
+                                                         threads_per_trial=threads_per_trial(record.config))).values())
         for basis, pool in bases.items():
             if not pool:
                 continue
             costs = fit(pool, cores_per_node=cores_per_node, source=f"{basis}: {len(pool)} run(s)")
             predicted, first = predict(lambda rep, c=costs: replay(record, c, seed=rep), reps)
             checks.append(Check(str(run_dir.path), record.strategy, record.seed, record.slots or 1, basis, len(pool),
-                                {m: getattr(measured, m) for m in MEASURES}, predicted, record, first))
+                                {m: getattr(measured, m) for m in MEASURES}, predicted, record, first, outside))
     if not checks:
         raise ConfigError("no finished run records to replay (resumed runs are left out: a replay has no model of the "
                           "time a run stood still); run make bench-all first")
@@ -175,7 +189,7 @@ def validation_table(checks: Sequence[Check]) -> Table:
         row: list[Any] = [c.strategy, c.seed, c.slots, f"{c.basis} ({c.calibrated_on})"]
         for m in MEASURES:
             row += [round(c.measured[m], 2), round(c.predicted[m], 2), f"{c.error(m):+.1%}"]
-        row.append(f"{'yes' if c.ok else 'NO'} (±{TOLERANCE[c.basis]:.0%})")
+        row.append(f"{'yes' if c.ok else 'NO'} (±{TOLERANCE[c.basis]:.0%})" + (f"; {c.disturbed}" if c.outside else ""))
         rows.append(row)
     return Table("validation", "Replay: predicted against measured (simulated, replay mode)", header, rows)
 
@@ -196,6 +210,13 @@ def validation_summary(checks: Sequence[Check]) -> list[str]:
                          f"{typical_error(group):.1%}, on Σ {typical_error(group, 'sum_runtime_s'):.1%}; largest "
                          f"error {worst.worst:.1%} ({worst.strategy} seed {worst.seed}, {worst.slots} slots)")
     own = [c for c in checks if c.basis == "own record"]
+    disturbed = [c for c in own if c.outside]
+    if disturbed:
+        missed = [c for c in disturbed if not c.ok]
+        lines.append(f"{len(disturbed)} of {len(own)} measured runs were disturbed from outside (their trials got clearly "
+                     "less CPU than the run's own contention leaves: another job on the node), which no replay models; "
+                     f"{len(missed)} of them missed on their own record: "
+                     + (", ".join(f"{c.strategy} seed {c.seed} ({c.worst:.1%})" for c in missed) or "none"))
     groups: dict[tuple[str, int], list[float]] = {}
     for c in own:
         groups.setdefault((c.strategy, c.slots), []).append(c.measured["wall_s"])
