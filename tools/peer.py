@@ -48,7 +48,8 @@ It writes ``peer.md`` and ``peer.json`` into ``--out`` (after every run, so a lo
 that stops keeps what it measured) and prints the markdown; exit 1 when a side failed, or hung
 before its trials had trained their last epoch (its error is in the report), 2 on bad input. A
 peer run that hung after every trial had trained out is a finding about the peer, not a failed
-measurement: the report names it, its losses count, and the exit is 0. A developer tool: not part of the harness package.
+measurement: the report names it, its losses count, and the exit is 0. A developer tool: not part
+of the harness package.
 """
 
 from __future__ import annotations

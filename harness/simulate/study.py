@@ -127,7 +127,7 @@ class Check:
     simulated: RunRecord = field(repr=False)
     """The first of the simulations."""
     outside: list[float] = field(default_factory=list)
-    """How much slower each iteration the measured run's trials ran from load outside the run was
+    """The slow-down from outside the run of each iteration it slowed
     (:func:`~harness.simulate.costs.outside_load`): a replay models no such load, so a miss of a
     disturbed run says little about the schedule model."""
 
