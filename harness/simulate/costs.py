@@ -190,10 +190,12 @@ def _busy_counter(record: RunRecord) -> Any:
     return busy
 
 
-#: An iteration counts as slowed from outside only when its trial got at most 1/OUTSIDE_MIN of the
-#: CPU share the run's iterations usually got (their 90th percentile), after the run's own
-#: contention: smaller dips are the run's own overhead (the driver, Ray, MLflow on the same cores).
-OUTSIDE_MIN = 1.25
+#: An iteration counts as slowed from outside only when its trial got at most 1/OUTSIDE_MIN (half)
+#: of the CPU share the run's iterations usually got (their 90th percentile), after the run's own
+#: contention. Smaller dips are common and harmless: in a CI run with another test beside it, 4 of
+#: 5 smoke runs had iterations at 1.3-1.5x less, and every replay was within 4.2%; the misses seen
+#: came with 3-5x slower iterations.
+OUTSIDE_MIN = 2.0
 
 
 def outside_load(record: RunRecord, contention: Contention) -> dict[tuple[str, float], float]:

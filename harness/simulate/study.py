@@ -136,8 +136,9 @@ class Check:
         """"" for an undisturbed run, else what disturbed it, in words."""
         if not self.outside:
             return ""
+        low, high = f"{min(self.outside):.1f}", f"{max(self.outside):.1f}"
         return (f"disturbed from outside the run: {len(self.outside)} iteration(s) got "
-                f"{min(self.outside):.1f}-{max(self.outside):.1f}x less CPU than the run's own contention leaves")
+                f"{low if low == high else f'{low}-{high}'}x less CPU than the run's own contention leaves")
 
     def error(self, measure: str) -> float:
         m = self.measured[measure]
