@@ -930,16 +930,16 @@ def paired(variant: str, harness: Sequence[Side], peer: Sequence[Side], key: str
     return PairedTest(f"peer {variant}", "harness", key_name, seeds, differences, paired_p(differences), primary=True)
 
 
-def counts(side: Side, key: str) -> bool:
-    """Whether ``side`` enters the medians and the test of ``key``: a completed run; for the loss
-    also a run that hung after its trials had trained their last epoch (its losses are final)."""
-    return side.ok or key == "best_eval_loss" and side.hung and side.trained_out
-
-
 def measured(side: Side) -> bool:
     """Whether the tool measured ``side``: it completed, or it hung after its trials had trained
     their last epoch (the peer's hang is then a finding; only its wall time is missing)."""
     return side.ok or side.hung and side.trained_out
+
+
+def counts(side: Side, key: str) -> bool:
+    """Whether ``side`` enters the medians and the test of ``key``: a completed run; for the loss
+    every :func:`measured` one (a hung run's losses are final once its trials trained out)."""
+    return measured(side) if key == "best_eval_loss" else side.ok
 
 
 def fmt(value: float, digits: int = 3) -> str:
